@@ -1,0 +1,286 @@
+"""``FERModule``: MobileNetV3 + the custom cross-entropy + torchmetrics, as a LightningModule."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from lightning import LightningModule
+from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image
+from torch import Tensor
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassRecall,
+)
+
+from fer.config import plain
+from fer.data.layout import CLASS_NAMES
+from fer.data.transforms import Preprocessing, build_eval_transform, load_image
+from fer.errors import FERError
+from fer.losses import balanced_class_weights
+from fer.models.backbone import build_backbone
+from fer.models.freeze import apply_freeze_policy, count_parameters, set_frozen_batchnorm_eval
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.01}
+SCHEDULER_KEYS = ("interval", "frequency", "monitor")
+
+
+def _eval_metrics(num_classes: int) -> MetricCollection:
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+            "acc_balanced": MulticlassRecall(num_classes, average="macro"),
+        }
+    )
+
+
+class FERModule(LightningModule):
+    """A MobileNetV3 expression classifier; its checkpoint carries class names and preprocessing."""
+
+    def __init__(
+        self,
+        backbone: str = "mobilenet_v3_small",
+        class_names: Sequence[str] = CLASS_NAMES,
+        pretrained: bool = False,
+        weights_path: str | None = None,
+        dropout: float = 0.2,
+        bn_momentum: float | None = None,
+        freeze: Mapping[str, Any] | None = None,
+        loss: Mapping[str, Any] | None = None,
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+        preprocessing: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        freeze = plain(freeze) or {"policy": "none"}
+        loss = plain(loss) or {}
+        self.save_hyperparameters(
+            {
+                "backbone": backbone,
+                "class_names": list(class_names),
+                "pretrained": bool(pretrained),
+                "weights_path": None if weights_path is None else str(weights_path),
+                "dropout": float(dropout),
+                "bn_momentum": bn_momentum,
+                "freeze": freeze,
+                "loss": loss,
+                "optimizer": plain(optimizer) or dict(DEFAULT_OPTIMIZER),
+                "scheduler": plain(scheduler),
+                "preprocessing": Preprocessing(**(plain(preprocessing) or {})).as_dict(),
+            }
+        )
+        self.class_names = tuple(class_names)
+        self.preprocessing = Preprocessing(**self.hparams.preprocessing)
+        num_classes = len(self.class_names)
+        self.model = build_backbone(
+            backbone, num_classes, pretrained, weights_path, dropout=dropout, bn_momentum=bn_momentum
+        )
+        apply_freeze_policy(self.model, freeze.get("policy", "none"), int(freeze.get("trainable_blocks", 0)))
+        # BackboneFinetuning (freeze=gradual) looks for this attribute.
+        self.backbone = self.model.features
+        self.criterion = self._build_loss(loss.get("class_weights"))
+
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_metrics = _eval_metrics(num_classes).clone(prefix="val/")
+        self.test_metrics = _eval_metrics(num_classes).clone(prefix="test/")
+        self.val_recall = MulticlassRecall(num_classes, average="none")
+        self.test_recall = MulticlassRecall(num_classes, average="none")
+        self.val_confmat = MulticlassConfusionMatrix(num_classes)
+        self.test_confmat = MulticlassConfusionMatrix(num_classes)
+        self.val_acc_best = MaxMetric()
+        self.last_test_confusion: Tensor | None = None
+
+    # --- construction -----------------------------------------------------------------------------
+    def _build_loss(self, class_weights: Any) -> torch.nn.Module:
+        """The loss from its config (``_target_``, default fer's CrossEntropyLoss) with resolved class weights."""
+        spec = {k: v for k, v in self.hparams.loss.items() if k != "class_weights"}
+        spec.setdefault("_target_", "fer.losses.CrossEntropyLoss")
+        if isinstance(class_weights, str):
+            if class_weights != "balanced":
+                raise FERError(
+                    f"loss.class_weights={class_weights!r}: use null, balanced or a list of numbers."
+                )
+            class_weights = None  # resolved from the train split in setup()
+        elif class_weights is not None and len(class_weights) != len(self.class_names):
+            raise FERError(
+                f"loss.class_weights has {len(class_weights)} values for {len(self.class_names)} classes."
+            )
+        return instantiate(spec, weight=class_weights)
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.loss.get("class_weights") == "balanced":
+            datamodule = getattr(self.trainer, "datamodule", None)
+            counts = getattr(datamodule, "train_class_counts", None)
+            if counts is None:
+                raise FERError("loss.class_weights=balanced needs a data module with train_class_counts.")
+            weights = balanced_class_weights(counts)
+            self.hparams.loss["class_weights"] = weights  # saved in the checkpoint as numbers
+            self.criterion = self._build_loss(weights).to(self.device)
+            log.info(
+                "Balanced class weights from train counts %s: %s", counts, [round(w, 3) for w in weights]
+            )
+
+    def train(self, mode: bool = True) -> FERModule:
+        super().train(mode)
+        set_frozen_batchnorm_eval(self.model)
+        return self
+
+    # --- forward and steps --------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def model_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        x, y = batch
+        logits = self(x)
+        return self.criterion(logits, y), logits.argmax(dim=1), y
+
+    def on_train_start(self) -> None:
+        self.val_acc_best.reset()  # the sanity check must not count
+        trainable, total = count_parameters(self.model)
+        log.info(
+            "Trainable parameters: %s of %s (freeze=%s)",
+            f"{trainable:,}",
+            f"{total:,}",
+            self.hparams.freeze.get("policy"),
+        )
+        for logger in self.loggers:
+            logger.log_metrics({"model/trainable_params": trainable, "model/total_params": total}, step=0)
+
+    def on_train_epoch_start(self) -> None:
+        # BackboneFinetuning may have unfrozen layers: BatchNorm modes follow requires_grad again.
+        self.train(True)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss, preds, y = self.model_step(batch)
+        self.train_loss(loss, weight=y.numel())
+        self.train_acc(preds, y)
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def _eval_step(self, stage: str, batch: tuple[Tensor, Tensor]) -> None:
+        loss, preds, y = self.model_step(batch)
+        mean_loss, metrics = (
+            (self.val_loss, self.val_metrics) if stage == "val" else (self.test_loss, self.test_metrics)
+        )
+        recall, confmat = (
+            (self.val_recall, self.val_confmat) if stage == "val" else (self.test_recall, self.test_confmat)
+        )
+        mean_loss(loss, weight=y.numel())
+        metrics.update(preds, y)
+        recall.update(preds, y)
+        confmat.update(preds, y)
+        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def _log_epoch_end(self, stage: str) -> Tensor:
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        recall = self.val_recall if stage == "val" else self.test_recall
+        confmat = self.val_confmat if stage == "val" else self.test_confmat
+        values = metrics.compute()
+        self.log_dict(values, prog_bar=stage == "val")
+        per_class = recall.compute()
+        self.log_dict({f"{stage}/recall/{name}": per_class[i] for i, name in enumerate(self.class_names)})
+        matrix = confmat.compute()
+        for metric in (metrics, recall, confmat):
+            metric.reset()
+        if not self.trainer.sanity_checking:
+            self._log_confusion_image(f"{stage}/confusion_matrix", matrix)
+        return values[f"{stage}/acc"], matrix
+
+    def on_validation_epoch_end(self) -> None:
+        acc, _ = self._log_epoch_end("val")
+        if not self.trainer.sanity_checking:
+            self.val_acc_best(acc)
+        self.log("val/acc_best", self.val_acc_best.compute() if self.val_acc_best.update_count else acc)
+
+    def on_test_epoch_end(self) -> None:
+        _, matrix = self._log_epoch_end("test")
+        self.last_test_confusion = matrix.cpu()
+
+    def _log_confusion_image(self, tag: str, matrix: Tensor) -> None:
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger) and self.trainer.is_global_zero:
+                from fer.models.plots import confusion_matrix_figure
+
+                figure = confusion_matrix_figure(matrix.cpu(), self.class_names)
+                logger.experiment.add_figure(tag, figure, global_step=self.global_step, close=True)
+
+    # --- optimization -------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise FERError(
+                "No parameter is trainable under this freeze policy: choose another freeze=... option."
+            )
+        optimizer = instantiate(self.hparams.optimizer, params=params)
+        spec = dict(self.hparams.scheduler or {})
+        if not spec.get("_target_"):
+            return optimizer
+        extra = {k: spec.pop(k) for k in SCHEDULER_KEYS if k in spec}
+        if "total_steps" in spec and spec["total_steps"] is None:
+            spec["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        if spec.get("T_max", 0) is None:
+            spec["T_max"] = int(
+                self.trainer.max_epochs
+                if extra.get("interval", "epoch") == "epoch"
+                else self.trainer.estimated_stepping_batches
+            )
+        scheduler = instantiate(spec, optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **extra}}
+
+    # --- checkpoints and inference ------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The weights are in the state dict: loading must never try to download or read them again.
+        hparams = dict(checkpoint.get("hyper_parameters", {}))
+        checkpoint["fer"] = {
+            "pretrained": hparams.get("pretrained"),
+            "weights_path": hparams.get("weights_path"),
+        }
+        hparams.update(pretrained=False, weights_path=None)
+        checkpoint["hyper_parameters"] = hparams
+
+    @property
+    def transform(self):
+        """The deterministic preprocessing this model was trained with (for PIL images)."""
+        return build_eval_transform(self.preprocessing)
+
+    @torch.no_grad()
+    def predict_images(self, images: Sequence[Image.Image | str]) -> Tensor:
+        """Class probabilities ``(N, C)`` for PIL images or file paths, preprocessed as in training."""
+        transform = self.transform
+        batch = torch.stack(
+            [
+                transform(
+                    load_image(img, self.preprocessing.grayscale)
+                    if isinstance(img, str)
+                    else img.convert("L" if self.preprocessing.grayscale else "RGB")
+                )
+                for img in images
+            ]
+        ).to(self.device)
+        was_training = self.training
+        self.eval()
+        probs = self(batch).softmax(dim=1)
+        self.train(was_training)
+        return probs
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x = batch[0] if isinstance(batch, list | tuple) else batch
+        return self(x).softmax(dim=1)

@@ -1,0 +1,135 @@
+"""What ``fer.train`` and ``fer.eval`` share: user-error reporting, callbacks/loggers, result reporting."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning import Callback, Trainer
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig
+
+from fer.errors import CheckpointError, FERError, user_message
+
+log = logging.getLogger(__name__)
+
+
+def _in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+@contextlib.contextmanager
+def report_user_errors() -> Iterator[None]:
+    """Turn a :class:`FERError` into one message and exit code 2; in a sweep, fail only this job."""
+    try:
+        yield
+    except FERError as error:
+        message = user_message(error)
+        if _in_multirun():
+            log.error(message)
+            raise  # the sweeper records the job as failed and goes on
+        _log_to_files(message)
+        print(f"fer: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _log_to_files(message: str) -> None:
+    """Record an error in the run's log file only (the console gets it once, on stderr)."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def quiet_known_warnings() -> None:
+    """Silence library warnings that say nothing about the user's run."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+
+
+def check_checkpoint_path(path: str | None, key: str = "ckpt_path") -> str | None:
+    """The checkpoint path as given, or a clear error when the file does not exist."""
+    if path in (None, ""):
+        return None
+    file = Path(str(path)).expanduser()
+    if not file.is_file():
+        hint = " (runs keep theirs in <run folder>/checkpoints/, e.g. last.ckpt)"
+        raise CheckpointError(f"{key}={path}: no such checkpoint file{hint}.")
+    return str(file.resolve())
+
+
+def instantiate_all(config: DictConfig | None, kind: str) -> list[Any]:
+    """Instantiate every entry of a callbacks/logger config group that has a ``_target_``."""
+    objects = []
+    for name, entry in (config or {}).items():
+        if isinstance(entry, Mapping) and entry.get("_target_"):
+            log.debug("Instantiating %s %s <%s>", kind, name, entry._target_)
+            objects.append(instantiate(entry))
+    return objects
+
+
+def instantiate_callbacks(config: DictConfig | None) -> list[Callback]:
+    return instantiate_all(config, "callback")
+
+
+def instantiate_loggers(config: DictConfig | None) -> list[Logger]:
+    return instantiate_all(config, "logger")
+
+
+def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Lightning's callback metrics as plain floats."""
+    return {name: float(value) for name, value in metrics.items()}
+
+
+@rank_zero_only
+def log_hparams_with_metrics(trainer: Trainer, params: Mapping[str, Any], metric_names: list[str]) -> None:
+    """Write TensorBoard's HPARAMS summary, so the HPARAMS tab compares runs on the final metrics."""
+    from torch.utils.tensorboard.summary import hparams
+
+    metrics = {
+        name: float(trainer.callback_metrics[name])
+        for name in metric_names
+        if name in trainer.callback_metrics
+    }
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger) and metrics:
+            writer = logger.experiment._get_file_writer()
+            for summary in hparams(dict(params), metrics):
+                writer.add_summary(summary)
+            logger.experiment.flush()
+
+
+@rank_zero_only
+def print_metrics_table(
+    title: str, metrics: Mapping[str, float], notes: Mapping[str, str] | None = None
+) -> None:
+    """A readable table of the final metrics on stdout (per-class recall folded into one row per split)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name in sorted(metrics):
+        value = metrics[name]
+        shown = (
+            f"{value:,.0f}"
+            if name.startswith("model/")
+            else (f"{value:.4f}" if math.isfinite(value) else str(value))
+        )
+        table.add_row(name, shown)
+    console = Console(width=100)
+    console.print(table)
+    for key, value in (notes or {}).items():
+        console.print(f"{key}: {value}", soft_wrap=True)

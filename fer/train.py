@@ -1,0 +1,116 @@
+"""``python -m fer.train``: fit a MobileNetV3 expression classifier, then test its best checkpoint.
+
+Everything is chosen by Hydra config (``conf/train.yaml``); ``--help`` lists the groups and options.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from fer.config import CONFIG_DIR, flatten, plain, register_resolvers
+from fer.data import FERDataModule
+from fer.models import FERModule
+from fer.runtime import (
+    check_checkpoint_path,
+    instantiate_callbacks,
+    instantiate_loggers,
+    log_hparams_with_metrics,
+    print_metrics_table,
+    quiet_known_warnings,
+    report_user_errors,
+    scalar_metrics,
+)
+
+log = logging.getLogger("fer.train")
+register_resolvers()
+quiet_known_warnings()
+
+HPARAM_METRICS = ["val/acc_best", "test/acc", "test/f1_macro"]
+HPARAM_SECTIONS = ("model", "freeze", "loss", "optimizer", "scheduler")
+
+
+def build_module(cfg: DictConfig, datamodule: FERDataModule) -> FERModule:
+    """The LightningModule from ``cfg.model`` plus the freeze/loss/optimizer/scheduler groups."""
+    freeze = {k: v for k, v in plain(cfg.freeze).items() if k != "callback"}
+    return hydra.utils.instantiate(
+        cfg.model,
+        class_names=list(datamodule.class_names),
+        preprocessing=datamodule.preprocessing.as_dict(),
+        freeze=freeze,
+        loss=plain(cfg.loss),
+        optimizer=plain(cfg.optimizer),
+        scheduler=plain(cfg.scheduler),
+        _recursive_=False,
+    )
+
+
+def run_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The hyper-parameters shown in TensorBoard's HPARAMS tab (flat, scalars only)."""
+    chosen = {section: plain(cfg.get(section)) or {} for section in HPARAM_SECTIONS}
+    data = plain(cfg.data)
+    chosen["data"] = {k: data.get(k) for k in ("image_size", "grayscale", "batch_size", "sampler", "augment")}
+    chosen["trainer"] = {k: plain(cfg.trainer).get(k) for k in ("max_epochs", "precision", "accelerator")}
+    chosen["seed"] = cfg.get("seed")
+    return flatten(chosen)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit (resuming from ``ckpt_path`` if given) and test the best checkpoint; returns the final metrics."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    ckpt_path = check_checkpoint_path(cfg.get("ckpt_path"))
+
+    datamodule: FERDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    model = build_module(cfg, datamodule)
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    if cfg.freeze.get("callback"):
+        callbacks.append(hydra.utils.instantiate(cfg.freeze.callback))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+
+    if cfg.get("train"):
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics = scalar_metrics(trainer.callback_metrics)
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if cfg.get("test"):
+        if not best and cfg.get("train"):
+            log.warning(
+                "No best checkpoint was saved (fast_dev_run or no validation): testing the last weights."
+            )
+        test_ckpt = best or (ckpt_path if not cfg.get("train") else None)
+        trainer.test(model=model, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
+        metrics.update(scalar_metrics(trainer.callback_metrics))
+
+    log_hparams_with_metrics(trainer, run_hparams(cfg), HPARAM_METRICS)
+    notes = {"run folder": cfg.paths.output_dir}
+    if best:
+        notes["best checkpoint"] = best
+    print_metrics_table("final metrics", metrics, notes)
+    return metrics
+
+
+def metric_for_sweeper(metrics: dict[str, float], name: str | None) -> float | None:
+    """The value Hydra's sweepers optimize; a clear error if the config names a metric that was not logged."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric={name!r} was not logged; logged: {sorted(metrics)}")
+    return metrics[name]
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    log.debug("Config:\n%s", OmegaConf.to_yaml(cfg))
+    with report_user_errors():
+        metrics = train(cfg)
+    return metric_for_sweeper(metrics, cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()
