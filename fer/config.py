@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,35 @@ CONFIG_DIR = PROJECT_ROOT / "conf"
 
 
 def register_resolvers() -> None:
-    """``${fer.project_root:}``: the folder holding ``conf/``, so paths do not depend on the working directory."""
+    """``${fer.project_root:}``: the folder holding ``conf/``, so paths do not depend on the working directory;
+    ``${fer.job_name:}``: a sweep job's folder name, from the values of the keys the sweep varies."""
     if not OmegaConf.has_resolver("fer.project_root"):
         OmegaConf.register_new_resolver("fer.project_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("fer.job_name"):
+        OmegaConf.register_new_resolver("fer.job_name", sweep_job_name)
+
+
+def swept_keys(arguments: list[str]) -> set[str]:
+    """Keys given sweep syntax on the command line (``a=1,2``, ``range(..)``, ``choice(..)``, ...)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [a for a in arguments if not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # not Hydra overrides: name jobs by number only
+        return set()
+    return {o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()}
+
+
+def sweep_job_name() -> str:
+    """``<job number>_<key=value,...>`` for the keys this sweep varies (grid or Optuna), e.g. ``3_freeze=none``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    varied = swept_keys(sys.argv[1:]) | set((hydra_cfg.sweeper.get("params") or {}).keys())
+    parts = [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") in varied]
+    name = ",".join(parts).replace("/", "_").replace(" ", "")
+    return f"{hydra_cfg.job.num}_{name}"[:200] if name else str(hydra_cfg.job.num)
 
 
 def plain(value: Any) -> Any:

@@ -33,7 +33,10 @@ def report_user_errors() -> Iterator[None]:
     """Turn a :class:`FERError` into one message and exit code 2; in a sweep, fail only this job."""
     try:
         yield
-    except FERError as error:
+    except Exception as raised:
+        error = _user_error_in_chain(raised)
+        if error is None:
+            raise
         message = user_message(error)
         if _in_multirun():
             log.error(message)
@@ -41,6 +44,17 @@ def report_user_errors() -> Iterator[None]:
         _log_to_files(message)
         print(f"fer: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _user_error_in_chain(error: BaseException) -> FERError | None:
+    """The FERError behind ``error``, also when Hydra's instantiate wrapped it in its own exception."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, FERError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _log_to_files(message: str) -> None:

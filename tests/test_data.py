@@ -46,7 +46,9 @@ def test_class_index_is_alphabetical_and_skips_non_images(tmp_path):
     index = index_split(root, "train")
     assert index.class_names == ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
     assert index.class_counts() == [3, 3, 3, 4, 3, 3, 3]
-    assert all(p.parent.name == CLASS_NAMES[label] for p, label in zip(index.paths, index.labels, strict=True))
+    assert all(
+        p.parent.name == CLASS_NAMES[label] for p, label in zip(index.paths, index.labels, strict=True)
+    )
     assert not any(p.name in (".DS_Store", "Thumbs.db", "notes.txt") for p in index.paths)
 
 
@@ -123,5 +125,5 @@ def test_layout_errors_name_the_path_and_the_fix(tmp_path):
         index_split(tmp_path / "nowhere", "train")
     root = make_tree(tmp_path / "d")
     (root / "train" / "Happy_old").mkdir()
-    with pytest.raises(DataLayoutError, match="Unknown class folder.*Happy_old"):
+    with pytest.raises(DataLayoutError, match=r"Unknown class folder.*Happy_old"):
         index_split(root, "train")

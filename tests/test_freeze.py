@@ -77,7 +77,9 @@ def test_frozen_batchnorm_stays_in_eval_mode_and_frozen_weights_do_not_move(poli
     buffers = dict(module.named_buffers())
     for name in frozen_stat_names:
         assert torch.equal(stats[name], buffers[name]), name
-    assert any(not torch.equal(p, frozen.get(n, p + 1)) for n, p in module.named_parameters() if p.requires_grad)
+    assert any(
+        not torch.equal(p, frozen.get(n, p + 1)) for n, p in module.named_parameters() if p.requires_grad
+    )
 
 
 def test_optimizer_gets_only_trainable_parameters():

@@ -35,7 +35,9 @@ def test_loss_is_stable_for_huge_logits():
     assert torch.isfinite(loss)
     torch.testing.assert_close(loss, reference(logits, target), rtol=1e-6, atol=1e-6)
     # the seed's softmax-by-exp version overflows where this one does not
-    naive = -torch.log(torch.exp(logits).gather(1, target[:, None]) / torch.exp(logits).sum(1, keepdim=True)).mean()
+    naive = -torch.log(
+        torch.exp(logits).gather(1, target[:, None]) / torch.exp(logits).sum(1, keepdim=True)
+    ).mean()
     assert not torch.isfinite(naive)
 
 

@@ -1,0 +1,108 @@
+"""Every user error of the data layout and checkpoints, through the real entry point: one clear message,
+a non-zero exit code, no traceback."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import TINY, run_fer
+
+
+def copy_tree(tiny_data: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    return root
+
+
+def assert_clean_error(result, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("fer: error:")]
+    assert len(error_lines) == 1, result.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in error_lines[0], error_lines[0]
+
+
+def train_on(root: Path, outputs: Path, *extra: str):
+    return run_fer("fer.train", "data=mmafedb", f"data.data_dir={root}", *TINY, *extra, outputs=outputs)
+
+
+def break_missing_split(root: Path) -> str:
+    shutil.rmtree(root / "valid")
+    return str(root / "valid")
+
+
+def break_missing_class(root: Path) -> str:
+    shutil.rmtree(root / "test" / "sad")
+    return "'sad'"
+
+
+def break_unknown_class(root: Path) -> str:
+    (root / "train" / "contempt").mkdir()
+    return "contempt"
+
+
+def break_empty_split(root: Path) -> str:
+    for folder in (root / "valid").iterdir():
+        for file in folder.iterdir():
+            file.unlink()
+        (folder / "readme.txt").write_text("no images here")
+    return "No images in"
+
+
+def break_unreadable_image(root: Path) -> str:
+    bad = root / "train" / "fear" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    return str(bad)
+
+
+@pytest.mark.slow
+def test_missing_data_dir_says_how_to_get_mmafedb(tmp_path, outputs):
+    result = train_on(tmp_path / "MMAFEDB", outputs)
+    assert_clean_error(result, str(tmp_path / "MMAFEDB"), "Kaggle", "data=synthetic")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "breaker",
+    [
+        break_missing_split,
+        break_missing_class,
+        break_unknown_class,
+        break_empty_split,
+        break_unreadable_image,
+    ],
+)
+def test_broken_data_layout_gives_one_clear_error(breaker, tiny_data, tmp_path, outputs):
+    root = copy_tree(tiny_data, tmp_path)
+    expected = breaker(root)
+    assert_clean_error(train_on(root, outputs, "trainer.max_epochs=1"), expected)
+
+
+@pytest.mark.slow
+def test_missing_checkpoint_is_a_clear_error(tiny_data, tmp_path, outputs):
+    missing = tmp_path / "nope" / "last.ckpt"
+    assert_clean_error(train_on(tiny_data, outputs, f"ckpt_path={missing}"), str(missing))
+    assert_clean_error(run_fer("fer.eval", f"ckpt_path={missing}", outputs=outputs), str(missing))
+    assert_clean_error(run_fer("fer.eval", outputs=outputs), "ckpt_path is required")
+
+
+@pytest.mark.slow
+def test_offline_pretrained_download_says_where_to_put_the_weights(tiny_data, tmp_path, outputs):
+    env = {
+        "TORCH_HOME": str(tmp_path / "torch_home"),
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+    }
+    result = run_fer(
+        "fer.train",
+        "data=mmafedb",
+        f"data.data_dir={tiny_data}",
+        *TINY,
+        "model.pretrained=true",
+        outputs=outputs,
+        env=env,
+    )
+    assert_clean_error(
+        result, "mobilenet_v3_small-047dcff4.pth", "model.weights_path", "model.pretrained=false"
+    )
