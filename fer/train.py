@@ -96,12 +96,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def metric_for_sweeper(metrics: dict[str, float], name: str | None) -> float | None:
-    """The value Hydra's sweepers optimize; a clear error if the config names a metric that was not logged."""
-    if not name:
-        return None
-    if name not in metrics:
-        raise KeyError(f"optimized_metric={name!r} was not logged; logged: {sorted(metrics)}")
-    return metrics[name]
+    """The value Hydra's sweepers optimize (None, with a warning, if that metric was not logged)."""
+    if name and name not in metrics:
+        log.warning("optimized_metric=%s was not logged (logged: %s)", name, ", ".join(sorted(metrics)))
+    return metrics.get(name) if name else None
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

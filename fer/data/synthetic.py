@@ -26,7 +26,9 @@ from fer.data.layout import CLASS_NAMES, SPLITS
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# how far a face moves from neutral towards its expression (1 = fully); weaker faces are ambiguous
+MIN_INTENSITY = 0.6
 METADATA_FILE = "synthetic.json"
 
 _SUPERSAMPLE = 4
@@ -110,7 +112,7 @@ def draw_face(expression: str | int, rng: np.random.Generator, size: int = 48) -
     draw = ImageDraw.Draw(img)
     draw.polygon(ellipse(cx, cy, a, b, 48), fill=int(face_tone))
 
-    t = uniform(0.45, 1.0)
+    t = uniform(MIN_INTENSITY, 1.0)
     neutral = _CUES[_NEUTRAL_IDX]
     cue = neutral + t * (_CUES[idx] - neutral) + _JITTER * rng.standard_normal(len(_PARAMS))
     in_dy, out_dy, in_dx, arch, lower_one, eye_open, mouth_w, curve, mouth_open, skew, wrinkle = cue.tolist()

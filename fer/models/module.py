@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,6 +61,7 @@ class FERModule(LightningModule):
         optimizer: Mapping[str, Any] | None = None,
         scheduler: Mapping[str, Any] | None = None,
         preprocessing: Mapping[str, Any] | None = None,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         freeze = plain(freeze) or {"policy": "none"}
@@ -77,6 +79,7 @@ class FERModule(LightningModule):
                 "optimizer": plain(optimizer) or dict(DEFAULT_OPTIMIZER),
                 "scheduler": plain(scheduler),
                 "preprocessing": Preprocessing(**(plain(preprocessing) or {})).as_dict(),
+                "channels_last": bool(channels_last),
             }
         )
         self.class_names = tuple(class_names)
@@ -85,6 +88,8 @@ class FERModule(LightningModule):
         self.model = build_backbone(
             backbone, num_classes, pretrained, weights_path, dropout=dropout, bn_momentum=bn_momentum
         )
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
         apply_freeze_policy(self.model, freeze.get("policy", "none"), int(freeze.get("trainable_blocks", 0)))
         # BackboneFinetuning (freeze=gradual) looks for this attribute.
         self.backbone = self.model.features
@@ -138,7 +143,7 @@ class FERModule(LightningModule):
 
     # --- forward and steps --------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
+        return self.model(x.contiguous(memory_format=self.memory_format))
 
     def model_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         x, y = batch
@@ -235,7 +240,8 @@ class FERModule(LightningModule):
             return optimizer
         extra = {k: spec.pop(k) for k in SCHEDULER_KEYS if k in spec}
         if "total_steps" in spec and spec["total_steps"] is None:
-            spec["total_steps"] = int(self.trainer.estimated_stepping_batches)
+            # at least 10: one-cycle's phases need a few steps each (tiny debug runs just stop early)
+            spec["total_steps"] = max(int(self.trainer.estimated_stepping_batches), 10)
         if spec.get("T_max", 0) is None:
             spec["T_max"] = int(
                 self.trainer.max_epochs
@@ -261,20 +267,16 @@ class FERModule(LightningModule):
         """The deterministic preprocessing this model was trained with (for PIL images)."""
         return build_eval_transform(self.preprocessing)
 
+    def _as_image(self, image: Image.Image | str | Path) -> Image.Image:
+        if isinstance(image, Image.Image):
+            return image.convert("L" if self.preprocessing.grayscale else "RGB")
+        return load_image(image, self.preprocessing.grayscale)
+
     @torch.no_grad()
-    def predict_images(self, images: Sequence[Image.Image | str]) -> Tensor:
+    def predict_images(self, images: Sequence[Image.Image | str | Path]) -> Tensor:
         """Class probabilities ``(N, C)`` for PIL images or file paths, preprocessed as in training."""
         transform = self.transform
-        batch = torch.stack(
-            [
-                transform(
-                    load_image(img, self.preprocessing.grayscale)
-                    if isinstance(img, str)
-                    else img.convert("L" if self.preprocessing.grayscale else "RGB")
-                )
-                for img in images
-            ]
-        ).to(self.device)
+        batch = torch.stack([transform(self._as_image(image)) for image in images]).to(self.device)
         was_training = self.training
         self.eval()
         probs = self(batch).softmax(dim=1)

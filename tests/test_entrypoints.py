@@ -1,0 +1,205 @@
+"""The real entry points (``python -m fer.train`` / ``fer.eval``) in subprocesses, on tiny generated data."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import TINY, run_dirs, run_fer
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from fer.config import CONFIG_DIR
+
+pytestmark = pytest.mark.slow
+
+CONTRACT_SCALARS = [
+    "train/loss", "train/acc", "val/loss", "val/acc", "val/f1_macro", "val/acc_balanced", "val/acc_best",
+    "test/loss", "test/acc", "test/f1_macro", "test/acc_balanced", "val/recall/disgust", "test/recall/happy",
+    "lr-AdamW", "model/trainable_params",
+]  # fmt: skip
+
+
+def events(run: Path) -> EventAccumulator:
+    accumulator = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def last_scalar(run: Path, tag: str) -> float:
+    return events(run).Scalars(tag)[-1].value
+
+
+def tiny_args(data: Path, *extra: str) -> list[str]:
+    return ["data=mmafedb", f"data.data_dir={data}", *TINY, *extra]
+
+
+def check(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One 2-epoch training run shared by the tests below: its run folder."""
+    outputs = tmp_path_factory.mktemp("outputs")
+    check(run_fer("fer.train", *tiny_args(tiny_data, "trainer.max_epochs=2"), outputs=outputs))
+    (run,) = run_dirs(outputs)
+    return run
+
+
+def test_train_writes_checkpoints_config_and_tensorboard_scalars(trained):
+    checkpoints = sorted(p.name for p in (trained / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints and any(name.startswith("epoch_") for name in checkpoints)
+    assert (trained / ".hydra" / "config.yaml").is_file() and (trained / "train.log").is_file()
+    accumulator = events(trained)
+    scalars = set(accumulator.Tags()["scalars"])
+    assert set(CONTRACT_SCALARS) <= scalars, set(CONTRACT_SCALARS) - scalars
+    assert {"val/confusion_matrix", "test/confusion_matrix"} <= set(accumulator.Tags()["images"])
+    assert len(accumulator.Scalars("val/acc")) == 2  # one per epoch, the sanity check not counted
+    assert 0.0 <= last_scalar(trained, "test/acc") <= 1.0
+    hparams = accumulator.summary_metadata  # the HPARAMS plugin's session summaries
+    assert any(meta.plugin_data.plugin_name == "hparams" for meta in hparams.values())
+
+
+def test_best_checkpoint_is_tested_and_eval_reproduces_it(trained, tmp_path):
+    best = [p for p in (trained / "checkpoints").iterdir() if p.name.startswith("epoch_")]
+    assert len(best) == 1
+    outputs = tmp_path / "eval_outputs"
+    outputs.mkdir()
+    result = check(
+        run_fer("fer.eval", f"ckpt_path={best[0]}", "+trainer.enable_progress_bar=false", outputs=outputs)
+    )
+    assert "test/acc" in result.stdout
+    (eval_run,) = run_dirs(outputs, "eval")
+    for tag in ("test/acc", "test/f1_macro", "test/acc_balanced", "test/loss"):
+        assert last_scalar(eval_run, tag) == pytest.approx(last_scalar(trained, tag), abs=1e-4), tag
+    valid = check(run_fer("fer.eval", f"ckpt_path={best[0]}", "split=valid", outputs=outputs))
+    assert "val/acc" in valid.stdout
+
+
+def test_checkpoint_alone_gives_a_model_that_predicts(trained, tiny_data):
+    script = (
+        "import sys, torch\n"
+        "from fer.models import FERModule\n"
+        "m = FERModule.load_from_checkpoint(sys.argv[1], map_location='cpu', weights_only=True)\n"
+        "p = m.predict_images(sys.argv[2:])\n"
+        "print(list(m.class_names)); print(m.preprocessing.image_size); print(p.shape[0], p.shape[1])\n"
+        "print(torch.allclose(p.sum(1), torch.ones(p.shape[0])))\n"
+    )
+    images = [str(next((tiny_data / "test" / name).iterdir())) for name in ("angry", "happy", "surprise")]
+    result = check(
+        subprocess.run(
+            [sys.executable, "-c", script, str(trained / "checkpoints" / "last.ckpt"), *images],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    )
+    lines = result.stdout.strip().splitlines()
+    assert lines == [
+        "['angry', 'disgust', 'fear', 'happy', 'neutral', 'sad', 'surprise']",
+        "32",
+        "3 7",
+        "True",
+    ]
+
+
+def test_resume_from_last_checkpoint_continues_at_the_next_epoch(trained, tiny_data, tmp_path):
+    last = trained / "checkpoints" / "last.ckpt"
+    before = torch.load(last, map_location="cpu", weights_only=True)
+    outputs = tmp_path / "resume"
+    outputs.mkdir()
+    check(
+        run_fer(
+            "fer.train", *tiny_args(tiny_data, "trainer.max_epochs=3", f"ckpt_path={last}"), outputs=outputs
+        )
+    )
+    (run,) = run_dirs(outputs)
+    after = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    steps_per_epoch = before["global_step"] // 2
+    assert (before["epoch"], after["epoch"]) == (1, 2)
+    assert after["global_step"] == before["global_step"] + steps_per_epoch
+    assert len(events(run).Scalars("val/acc")) == 1  # only the third epoch ran
+
+
+def test_grid_multirun_gives_each_job_its_folder_checkpoint_and_logs(tiny_data, outputs):
+    check(
+        run_fer(
+            "fer.train",
+            "-m",
+            *tiny_args(tiny_data, "trainer.max_epochs=1", "freeze=none,backbone"),
+            outputs=outputs,
+        )
+    )
+    (sweep,) = sorted((outputs / "train" / "multiruns").iterdir())
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["0_freeze=none", "1_freeze=backbone"]
+    for job in jobs:
+        assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
+        assert "test/acc" in events(sweep / job).Tags()["scalars"]
+
+
+def test_optuna_sweep_runs_trials_and_reports_the_best(tiny_data, outputs):
+    check(
+        run_fer(
+            "fer.train",
+            "hparams_search=optuna",
+            "hydra.sweeper.n_trials=2",
+            *tiny_args(tiny_data, "trainer.max_epochs=1"),
+            outputs=outputs,
+        )
+    )
+    (sweep,) = sorted((outputs / "train" / "multiruns").iterdir())
+    assert len([p for p in sweep.iterdir() if p.is_dir()]) == 2
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(results["best_params"]) == {
+        "optimizer.lr",
+        "optimizer.weight_decay",
+        "freeze",
+        "loss.label_smoothing",
+    }
+    assert 0.0 <= results["best_value"] <= 1.0
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")))
+def test_every_experiment_runs_with_fast_dev_run(experiment, tiny_data, outputs):
+    # MMAFEDB and the ImageNet weights are not available offline: the tiny tree and no pretraining stand in.
+    result = run_fer(
+        "fer.train",
+        f"experiment={experiment}",
+        "debug=fdr",
+        *tiny_args(tiny_data, "data.batch_size=8"),
+        outputs=outputs,
+    )
+    check(result)
+    assert "test/acc" in result.stdout
+
+
+def test_ddp_simulated_on_two_cpu_processes(tiny_data, outputs):
+    check(
+        run_fer(
+            "fer.train", "trainer=ddp_sim", *tiny_args(tiny_data, "trainer.max_epochs=1"), outputs=outputs
+        )
+    )
+    (run,) = run_dirs(outputs)
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    # 56 train images, global batch 16 = 8 per process: 4 steps per epoch on each of the 2 processes
+    assert checkpoint["global_step"] == 4
+
+
+def test_cfg_job_prints_a_readable_config_and_help_lists_groups(outputs):
+    result = check(run_fer("fer.train", "--cfg", "job", "experiment=quickstart", outputs=outputs))
+    config = yaml.safe_load(result.stdout)
+    assert config["model"]["backbone"] == "mobilenet_v3_small" and config["freeze"]["policy"] == "none"
+    assert config["data"]["synthetic"]["train_per_class"] > 0
+    help_text = check(run_fer("fer.train", "--help", outputs=outputs)).stdout
+    for line in (
+        "freeze: backbone, gradual, last_layer, none, partial",
+        "trainer: cpu, ddp, ddp_sim, default, gpu, mps",
+        "experiment: finetune, quickstart, seed",
+    ):
+        assert line in help_text
