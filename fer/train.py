@@ -10,6 +10,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from fer.config import CONFIG_DIR, flatten, plain, register_resolvers
@@ -68,6 +69,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule: FERDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
     model = build_module(cfg, datamodule)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    if cfg.trainer.get("enable_progress_bar") is False:
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if cfg.freeze.get("callback"):
         callbacks.append(hydra.utils.instantiate(cfg.freeze.callback))
     loggers = instantiate_loggers(cfg.get("logger"))
