@@ -165,6 +165,33 @@ def test_optuna_sweep_runs_trials_and_reports_the_best(tiny_data, outputs):
     assert 0.0 <= results["best_value"] <= 1.0
 
 
+def test_optuna_records_a_failed_trial_and_the_study_goes_on(tiny_data, outputs):
+    # with sampler seed 1 the second trial draws freeze=partial, which 99 trainable blocks make fail
+    result = check(
+        run_fer(
+            "fer.train",
+            "hparams_search=optuna",
+            "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.sampler.seed=1",
+            "++freeze.trainable_blocks=99",
+            *tiny_args(tiny_data, "trainer.max_epochs=1"),
+            outputs=outputs,
+        )
+    )
+    assert "Failed experiment" in result.stdout + result.stderr
+    (sweep,) = sorted((outputs / "train" / "multiruns").iterdir())
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert len(jobs) == 3 and "freeze=partial" in jobs[1]
+    assert (
+        not (sweep / jobs[1] / "checkpoints").exists()
+        and (sweep / jobs[2] / "checkpoints" / "last.ckpt").is_file()
+    )
+    assert (
+        yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_params"]["freeze"]
+        != "partial"
+    )
+
+
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")))
 def test_every_experiment_runs_with_fast_dev_run(experiment, tiny_data, outputs):
     # MMAFEDB and the ImageNet weights are not available offline: the tiny tree and no pretraining stand in.

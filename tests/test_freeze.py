@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import nn
 
+from fer.errors import FERError
 from fer.models import FERModule, apply_freeze_policy, build_backbone
 from fer.models.freeze import count_parameters
 
@@ -39,7 +40,7 @@ def test_freeze_partial_trains_the_last_blocks_and_classifier():
     blocks = sum(p.numel() for block in list(model.features)[-2:] for p in block.parameters())
     assert trainable(model) == CLASSIFIER + blocks
     assert not any(p.requires_grad for p in model.features[0].parameters())
-    with pytest.raises(ValueError, match="trainable_blocks"):
+    with pytest.raises(FERError, match="trainable_blocks"):
         apply_freeze_policy(model, "partial", trainable_blocks=99)
 
 
@@ -86,3 +87,25 @@ def test_optimizer_gets_only_trainable_parameters():
     module = FERModule(freeze={"policy": "last_layer"}, optimizer={"_target_": "torch.optim.SGD", "lr": 0.1})
     optimizer = module.configure_optimizers()
     assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == HEAD
+
+
+def test_local_weights_file_is_loaded_and_the_head_replaced(tmp_path):
+    import torchvision
+
+    source = torchvision.models.mobilenet_v3_small()  # 1000 ImageNet classes, random weights
+    path = tmp_path / "mobilenet_v3_small.pth"
+    torch.save(source.state_dict(), path)
+    model = build_backbone("mobilenet_v3_small", 7, pretrained=True, weights_path=path)
+    assert torch.equal(model.features[3].block[0][0].weight, source.features[3].block[0][0].weight)
+    assert model.classifier[-1].out_features == 7
+
+
+def test_a_weights_file_for_another_architecture_is_refused(tmp_path):
+    from fer.errors import WeightsUnavailableError
+
+    path = tmp_path / "large.pth"
+    torch.save(build_backbone("mobilenet_v3_large", 7).state_dict(), path)
+    with pytest.raises(WeightsUnavailableError, match="do not fit mobilenet_v3_small"):
+        build_backbone("mobilenet_v3_small", 7, weights_path=path)
+    with pytest.raises(WeightsUnavailableError, match="does not exist"):
+        build_backbone("mobilenet_v3_small", 7, weights_path=tmp_path / "missing.pth")

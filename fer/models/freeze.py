@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from fer.errors import FERError
+
 FREEZE_POLICIES = ("none", "backbone", "last_layer", "partial", "gradual")
 
 
@@ -15,7 +17,7 @@ def apply_freeze_policy(model: nn.Module, policy: str, trainable_blocks: int = 0
       Linear trains; ``partial``: the last ``trainable_blocks`` feature blocks and the classifier train.
     """
     if policy not in FREEZE_POLICIES:
-        raise ValueError(f"Unknown freeze policy {policy!r}: choose one of {list(FREEZE_POLICIES)}.")
+        raise FERError(f"Unknown freeze policy {policy!r}: choose one of {list(FREEZE_POLICIES)}.")
     features: nn.Sequential = model.features
     model.requires_grad_(policy == "none")
     if policy in ("backbone", "gradual", "partial"):
@@ -24,7 +26,7 @@ def apply_freeze_policy(model: nn.Module, policy: str, trainable_blocks: int = 0
         model.classifier[-1].requires_grad_(True)
     if policy == "partial":
         if not 0 <= trainable_blocks <= len(features):
-            raise ValueError(
+            raise FERError(
                 f"freeze.trainable_blocks={trainable_blocks} is out of range: the backbone has "
                 f"{len(features)} feature blocks."
             )
