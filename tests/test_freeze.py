@@ -109,3 +109,10 @@ def test_a_weights_file_for_another_architecture_is_refused(tmp_path):
         build_backbone("mobilenet_v3_small", 7, weights_path=path)
     with pytest.raises(WeightsUnavailableError, match="does not exist"):
         build_backbone("mobilenet_v3_small", 7, weights_path=tmp_path / "missing.pth")
+
+
+def test_gradual_unfreezing_with_one_cycle_is_refused_with_a_clear_error():
+    scheduler = {"_target_": "torch.optim.lr_scheduler.OneCycleLR", "max_lr": 0.01, "total_steps": 10}
+    module = FERModule(freeze={"policy": "gradual"}, scheduler=scheduler)
+    with pytest.raises(FERError, match="scheduler=cosine"):
+        module.configure_optimizers()

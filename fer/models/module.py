@@ -238,6 +238,11 @@ class FERModule(LightningModule):
         spec = dict(self.hparams.scheduler or {})
         if not spec.get("_target_"):
             return optimizer
+        if self.hparams.freeze.get("policy") == "gradual" and spec["_target_"].endswith("OneCycleLR"):
+            raise FERError(
+                "freeze=gradual adds the backbone's parameters to the optimizer mid-run, which OneCycleLR cannot "
+                "schedule: use scheduler=cosine, plateau or none with it."
+            )
         extra = {k: spec.pop(k) for k in SCHEDULER_KEYS if k in spec}
         if "total_steps" in spec and spec["total_steps"] is None:
             # at least 10: one-cycle's phases need a few steps each (tiny debug runs just stop early)
