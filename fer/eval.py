@@ -19,8 +19,8 @@ from fer.data import FERDataModule
 from fer.errors import CheckpointError
 from fer.models import FERModule
 from fer.runtime import (
+    build_trainer,
     check_checkpoint_path,
-    instantiate_loggers,
     print_metrics_table,
     quiet_known_warnings,
     report_user_errors,
@@ -75,9 +75,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
     model, recorded = load_checkpoint(path)
     datamodule = build_datamodule(cfg, model, recorded)
-    trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, logger=instantiate_loggers(cfg.get("logger")), callbacks=[]
-    )
+    trainer = build_trainer(cfg)
     if cfg.split == "test":
         trainer.test(model=model, datamodule=datamodule, verbose=False)
     else:

@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning import Callback, Trainer
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
@@ -99,6 +100,17 @@ def instantiate_callbacks(config: DictConfig | None) -> list[Callback]:
 
 def instantiate_loggers(config: DictConfig | None) -> list[Logger]:
     return instantiate_all(config, "logger")
+
+
+def build_trainer(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> Trainer:
+    """The Trainer from ``cfg.trainer`` with the run's callbacks and loggers.
+
+    ``trainer.enable_progress_bar=false`` drops the configured progress bar instead of failing on it.
+    """
+    callbacks = instantiate_callbacks(cfg.get("callbacks")) + list(extra_callbacks or [])
+    if cfg.trainer.get("enable_progress_bar") is False:
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_loggers(cfg.get("logger")))
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

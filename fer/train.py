@@ -10,16 +10,14 @@ from typing import Any
 
 import hydra
 import lightning as L
-from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from fer.config import CONFIG_DIR, flatten, plain, register_resolvers
 from fer.data import FERDataModule
 from fer.models import FERModule
 from fer.runtime import (
+    build_trainer,
     check_checkpoint_path,
-    instantiate_callbacks,
-    instantiate_loggers,
     log_hparams_with_metrics,
     print_metrics_table,
     quiet_known_warnings,
@@ -68,13 +66,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule: FERDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
     model = build_module(cfg, datamodule)
-    callbacks = instantiate_callbacks(cfg.get("callbacks"))
-    if cfg.trainer.get("enable_progress_bar") is False:
-        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    if cfg.freeze.get("callback"):
-        callbacks.append(hydra.utils.instantiate(cfg.freeze.callback))
-    loggers = instantiate_loggers(cfg.get("logger"))
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    freeze_callback = [hydra.utils.instantiate(cfg.freeze.callback)] if cfg.freeze.get("callback") else []
+    trainer = build_trainer(cfg, freeze_callback)
 
     if cfg.get("train"):
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -127,13 +127,12 @@ class FERDataModule(LightningDataModule):
         for split in STAGE_SPLITS.get(stage or "", SPLITS):
             if split in self.datasets:
                 continue
-            index = index_split(self.data_dir, split, self.class_names)
+            index = self.split_index(split)
             transform = (
                 build_train_transform(self.preprocessing, self.augmentation)
                 if split == "train"
                 else build_eval_transform(self.preprocessing)
             )
-            self.indexes[split] = index
             self.datasets[split] = ImageFolderDataset(index, transform, self.preprocessing.grayscale)
             log.info("%s: %d images in %s, per class %s", split, len(index), index.root, index.class_counts())
 

@@ -202,6 +202,11 @@ def _metadata(
     }
 
 
+def image_count(train_per_class: int, eval_per_class: int) -> int:
+    """Images in a synthetic data set: train plus valid and test, for every class."""
+    return (train_per_class + 2 * eval_per_class) * len(CLASS_NAMES)
+
+
 def _num_workers() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -280,8 +285,12 @@ def ensure_synthetic_dataset(
         pass
     start = time.perf_counter()
     path = generate_synthetic_dataset(out, train_per_class, eval_per_class, seed, image_size, rgb_fraction)
-    total = (train_per_class + 2 * eval_per_class) * len(CLASS_NAMES)
-    logger.info("Generated %d synthetic images in %.1fs at %s", total, time.perf_counter() - start, path)
+    logger.info(
+        "Generated %d synthetic images in %.1fs at %s",
+        image_count(train_per_class, eval_per_class),
+        time.perf_counter() - start,
+        path,
+    )
     return path
 
 
@@ -300,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     path = generate_synthetic_dataset(
         args.out, args.per_class, eval_per_class, args.seed, args.image_size, args.rgb_fraction
     )
-    total = (args.per_class + 2 * eval_per_class) * len(CLASS_NAMES)
+    total = image_count(args.per_class, eval_per_class)
     print(f"Wrote {total} images to {path} in {time.perf_counter() - start:.1f}s")
     return 0
 

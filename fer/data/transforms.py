@@ -76,20 +76,17 @@ def load_image(path: str | Path, grayscale: bool = True) -> Image.Image:
     return image.convert("L" if grayscale else "RGB")
 
 
-def _normalize_tail(pre: Preprocessing) -> list:
+def _to_model_input(pre: Preprocessing) -> list:
+    """PIL image -> normalized float tensor (gray replicated to 3 channels); geometric steps run before it,
+    on the PIL image, where they are about twice as fast as on tensors."""
     channels = [v2.Grayscale(num_output_channels=3)] if pre.grayscale else []
-    return [*channels, v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)]
-
-
-def _tensor_tail(pre: Preprocessing) -> list:
-    """PIL image -> normalized float tensor; geometric steps run before it, on the PIL image (2x faster)."""
-    return [v2.ToImage(), *_normalize_tail(pre)]
+    return [v2.ToImage(), *channels, v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)]
 
 
 def build_eval_transform(pre: Preprocessing) -> v2.Compose:
     """Deterministic: resize to a square ``image_size``, gray to 3 channels, scale to [0, 1], normalize."""
     size = (pre.image_size, pre.image_size)
-    return v2.Compose([v2.Resize(size, antialias=True), *_tensor_tail(pre)])
+    return v2.Compose([v2.Resize(size, antialias=True), *_to_model_input(pre)])
 
 
 def build_train_transform(pre: Preprocessing, aug: Augmentation) -> v2.Compose:
@@ -108,7 +105,7 @@ def build_train_transform(pre: Preprocessing, aug: Augmentation) -> v2.Compose:
         steps.append(v2.RandomHorizontalFlip(p=aug.hflip))
     if aug.rotation:
         steps.append(v2.RandomRotation(degrees=aug.rotation))
-    steps.extend(_tensor_tail(pre))
+    steps.extend(_to_model_input(pre))
     if aug.erasing:
         steps.append(v2.RandomErasing(p=aug.erasing, scale=tuple(aug.erasing_scale), value=0))
     return v2.Compose(steps)
