@@ -71,6 +71,8 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+    # frozen parts of the network are kept in eval mode on purpose (fer.models.freeze.set_frozen_eval)
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
 def check_checkpoint_path(path: str | None, key: str = "ckpt_path") -> str | None:

@@ -70,9 +70,12 @@ def test_sixteen_bit_gray_is_rescaled_not_clipped(tmp_path):
     assert np.asarray(load_image(path)).tolist() == [[0, 255], [128, 4]]
 
 
-def test_datamodule_batches_have_expected_shapes_and_labels(tmp_path):
+@pytest.mark.parametrize("packed", [True, False])
+def test_datamodule_batches_have_expected_shapes_and_labels(tmp_path, packed):
     root = make_tree(tmp_path / "d")
-    dm = FERDataModule(root, image_size=32, batch_size=5, eval_batch_size=7, augment={"erasing": 0.5})
+    dm = FERDataModule(
+        root, image_size=32, batch_size=5, eval_batch_size=7, augment={"erasing": 0.5}, packed=packed
+    )
     dm.setup("fit")
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (5, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
@@ -80,13 +83,13 @@ def test_datamodule_batches_have_expected_shapes_and_labels(tmp_path):
     assert xv.shape == (7, 3, 32, 32)
     assert yv.tolist() == [0, 0, 1, 1, 2, 2, 3]  # validation is not shuffled
     dm.setup("test")
-    assert len(dm.datasets["test"]) == 14
+    assert len(dm.test_dataloader()) == 2  # 14 images, batches of 7
     assert dm.train_class_counts == [3, 3, 3, 4, 3, 3, 3]
 
 
 def test_eval_transform_is_deterministic_and_train_transform_is_not(tmp_path):
     root = make_tree(tmp_path / "d")
-    dm = FERDataModule(root, image_size=32, grayscale=False)
+    dm = FERDataModule(root, image_size=32, grayscale=False, packed=False)
     dm.setup("fit")
     image = dm.datasets["valid"][3][0]
     assert torch.equal(image, dm.datasets["valid"][3][0])
@@ -97,7 +100,7 @@ def test_eval_transform_is_deterministic_and_train_transform_is_not(tmp_path):
 
 def test_balanced_sampler_draws_classes_equally(tmp_path):
     root = make_tree(tmp_path / "d", per_class={"happy": 40, "disgust": 2})
-    dm = FERDataModule(root, image_size=16, batch_size=64, sampler="balanced")
+    dm = FERDataModule(root, image_size=16, batch_size=64, sampler="balanced", packed=False)
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert isinstance(loader.sampler, WeightedRandomSampler)

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning import LightningDataModule
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from tqdm import tqdm
 
 from fer.config import plain
+from fer.data.batch_transforms import BatchAugmentation
 from fer.data.layout import CLASS_NAMES, SPLITS, SplitIndex, check_data_dir, index_split
+from fer.data.packed import PackedBatches, PackedSplit, derive_seed, pack_split
 from fer.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -21,12 +31,14 @@ from fer.data.transforms import (
     build_eval_transform,
     build_train_transform,
     load_image,
+    to_model_input,
 )
 from fer.errors import FERError
 
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("random", "balanced")
+PACKED_DEVICES = ("auto", "cpu")
 STAGE_SPLITS = {"fit": ("train", "valid"), "validate": ("valid",), "test": ("test",), "predict": ("test",)}
 
 
@@ -69,10 +81,23 @@ class FERDataModule(LightningDataModule):
         sampler: str = "random",
         synthetic: Mapping[str, Any] | None = None,
         class_names: Sequence[str] = CLASS_NAMES,
+        packed: bool = True,
+        pack_size: int | None = None,
+        cache_dir: str | Path | None = None,
+        packed_device: str = "auto",
+        feature_cache: bool = False,
+        feature_cache_views: int = 1,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if sampler not in SAMPLERS:
             raise FERError(f"data.sampler={sampler!r} is not one of {list(SAMPLERS)}.")
+        if packed_device not in PACKED_DEVICES:
+            raise FERError(f"data.packed_device={packed_device!r} is not one of {list(PACKED_DEVICES)}.")
+        if feature_cache and not packed:
+            raise FERError("data.feature_cache=true works on packed data: set data.packed=true as well.")
+        if feature_cache_views < 1:
+            raise FERError(f"data.feature_cache_views must be at least 1, got {feature_cache_views}.")
         if batch_size < 1:
             raise FERError(f"data.batch_size must be at least 1, got {batch_size}.")
         self.data_dir = Path(data_dir).expanduser()
@@ -86,8 +111,17 @@ class FERDataModule(LightningDataModule):
         self.sampler = sampler
         self.synthetic = plain(synthetic) if synthetic else None
         self.class_names = tuple(class_names)
+        self.packed = bool(packed)
+        self.pack_size = int(pack_size) if pack_size else None
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else self.data_dir / ".fer-cache"
+        self.packed_device = packed_device
+        self.feature_cache = bool(feature_cache)
+        self.feature_cache_views = int(feature_cache_views)
+        self.seed = int(seed)
         self.batch_size_per_device = self.batch_size
         self.indexes: dict[str, SplitIndex] = {}
+        self.packs: dict[str, PackedSplit] = {}
+        self.features: dict[str, Tensor] = {}
         # plain data only, so checkpoints load with weights_only=True
         self.save_hyperparameters(
             {
@@ -105,6 +139,13 @@ class FERDataModule(LightningDataModule):
                 "sampler": sampler,
                 "synthetic": self.synthetic,
                 "class_names": list(self.class_names),
+                "packed": self.packed,
+                "pack_size": self.pack_size,
+                "cache_dir": str(self.cache_dir),
+                "packed_device": packed_device,
+                "feature_cache": self.feature_cache,
+                "feature_cache_views": self.feature_cache_views,
+                "seed": self.seed,
             }
         )
         self.datasets: dict[str, ImageFolderDataset] = {}
@@ -125,16 +166,22 @@ class FERDataModule(LightningDataModule):
         self.batch_size_per_device = self.batch_size // world_size
         check_data_dir(self.data_dir)
         for split in STAGE_SPLITS.get(stage or "", SPLITS):
-            if split in self.datasets:
+            if split in self.datasets or split in self.packs:
                 continue
             index = self.split_index(split)
+            log.info("%s: %d images in %s, per class %s", split, len(index), index.root, index.class_counts())
+            if self.packed:
+                show = getattr(self.trainer, "is_global_zero", True)
+                self.packs[split] = pack_split(
+                    index, self.cache_dir, self.pack_size, self.preprocessing.grayscale, progress=show
+                )
+                continue
             transform = (
                 build_train_transform(self.preprocessing, self.augmentation)
                 if split == "train"
                 else build_eval_transform(self.preprocessing)
             )
             self.datasets[split] = ImageFolderDataset(index, transform, self.preprocessing.grayscale)
-            log.info("%s: %d images in %s, per class %s", split, len(index), index.root, index.class_counts())
 
     def split_index(self, split: str) -> SplitIndex:
         """The file list of a split (indexed on first use)."""
@@ -147,9 +194,56 @@ class FERDataModule(LightningDataModule):
         """Images per class in the train split, for class-weighted losses and the balanced sampler."""
         return self.split_index("train").class_counts()
 
+    def _distributed(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _device(self) -> torch.device:
+        """Where packed data lives: the GPU the model trains on (``packed_device=auto``), else the CPU."""
+        trainer = self.trainer
+        if self.packed_device == "auto" and trainer is not None:
+            device = trainer.strategy.root_device
+            if device.type == "cuda":
+                return device
+        return torch.device("cpu")
+
+    def _pack(self, split: str) -> PackedSplit:
+        if split not in self.packs:
+            self.setup({"train": "fit", "valid": "validate", "test": "test"}[split])
+        device = self._device()
+        if self.packs[split].images.device != device:
+            self.packs[split] = self.packs[split].to(device)
+        return self.packs[split]
+
+    def _sampler_weights(self) -> Tensor | None:
+        if self.sampler != "balanced":
+            return None
+        counts = torch.tensor(self.train_class_counts, dtype=torch.float64)
+        labels = torch.tensor(self.split_index("train").labels)
+        return (1.0 / counts.clamp(min=1))[labels]
+
+    def _packed_loader(self, split: str) -> PackedBatches:
+        pack = self._pack(split)
+        train = split == "train"
+        rank, world_size = self._distributed()
+        pre = self.preprocessing
+        return PackedBatches(
+            pack.images,
+            pack.labels,
+            self.batch_size_per_device if train else self.eval_batch_size,
+            transform=BatchAugmentation(pre, self.augmentation) if train else partial(_eval_batch, pre=pre),
+            shuffle=train,
+            seed=self.seed,
+            weights=self._sampler_weights() if train else None,
+            rank=rank,
+            world_size=world_size,
+        )
+
     def _loader(
         self, split: str, shuffle: bool, sampler: torch.utils.data.Sampler | None = None
-    ) -> DataLoader:
+    ) -> DataLoader | PackedBatches:
+        if self.packed:
+            return self._packed_loader(split)
         if split not in self.datasets:
             self.setup({"train": "fit", "valid": "validate", "test": "test"}[split])
         batch = self.batch_size_per_device if split == "train" else self.eval_batch_size
@@ -164,21 +258,106 @@ class FERDataModule(LightningDataModule):
             drop_last=False,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | PackedBatches:
+        if self.feature_cache:
+            return self._feature_loader("train")
+        weights = None if self.packed else self._sampler_weights()
         sampler = None
-        if self.sampler == "balanced":
-            counts = torch.tensor(self.train_class_counts, dtype=torch.float64)
-            labels = torch.tensor(self.split_index("train").labels)
-            weights = (1.0 / counts.clamp(min=1))[labels]
-            sampler = WeightedRandomSampler(weights, num_samples=len(labels), replacement=True)
+        if weights is not None:
+            sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True)
         return self._loader("train", shuffle=True, sampler=sampler)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | PackedBatches:
+        if self.feature_cache:
+            return self._feature_loader("valid")
         return self._loader("valid", shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | PackedBatches:
         return self._loader("test", shuffle=False)
 
-    def loader_for(self, split: str) -> DataLoader:
-        """An evaluation loader for ``valid`` or ``test`` (used by ``fer.eval split=...``)."""
+    def loader_for(self, split: str) -> DataLoader | PackedBatches:
+        """An evaluation loader of images for ``valid`` or ``test`` (used by ``fer.eval split=...``)."""
         return self._loader(split, shuffle=False)
+
+    # --- cached features of a frozen front (freeze=backbone|last_layer) ------------------------------
+    def _feature_loader(self, split: str) -> PackedBatches:
+        """Batches of stored features: the frozen front ran once per image (per view), the head trains."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is None or not hasattr(module, "frozen_extractor"):
+            raise FERError("data.feature_cache=true needs a fer.models.FERModule attached to the Trainer.")
+        extractor = module.frozen_extractor()
+        train = split == "train"
+        views = self.feature_cache_views if train and self._augments() else 1
+        features = self._features(split, extractor, views, module)
+        rank, world_size = self._distributed()
+        pack = self._pack(split)
+        return PackedBatches(
+            features if views > 1 else features[0],
+            pack.labels.to(features.device),
+            self.batch_size_per_device if train else self.eval_batch_size,
+            shuffle=train,
+            seed=self.seed,
+            weights=self._sampler_weights() if train else None,
+            rank=rank,
+            world_size=world_size,
+            views=views,
+        )
+
+    def _augments(self) -> bool:
+        aug = self.augmentation
+        return bool(aug.crop_scale or aug.hflip or aug.rotation or aug.erasing)
+
+    def _features(self, split: str, extractor: torch.nn.Module, views: int, module: Any) -> Tensor:
+        """``(views, N, D)`` features, read from the cache folder or computed (and stored) once."""
+        pack = self._pack(split)
+        device = module.device
+        digest = hashlib.sha256()
+        for name, tensor in extractor.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        train = split == "train"
+        recipe = [pack.key, self.preprocessing.as_dict(), views, self.seed, str(self.trainer.precision)]
+        if train:
+            recipe.append(plain(vars(self.augmentation)))
+        digest.update(json.dumps(recipe, sort_keys=True, default=str).encode())
+        path = self.cache_dir / f"features-{split}-{digest.hexdigest()[:20]}.npy"
+        if path.is_file():
+            features = torch.from_numpy(np.load(path, mmap_mode="c"))
+            log.info("%s: cached features %s from %s", split, tuple(features.shape), path)
+            return features.to(self._device())
+        start = time.perf_counter()
+        transform = BatchAugmentation(self.preprocessing, self.augmentation) if train else None
+        chunks: list[Tensor] = []
+        show = self.trainer.is_global_zero
+        with torch.no_grad(), self.trainer.precision_plugin.forward_context():
+            for view in range(views):
+                loader = PackedBatches(
+                    pack.images,
+                    pack.labels,
+                    self.eval_batch_size,
+                    transform=transform or partial(_eval_batch, pre=self.preprocessing),
+                    seed=derive_seed(self.seed, view),
+                )
+                desc = f"caching {split} features" + (f" (view {view + 1}/{views})" if views > 1 else "")
+                for x, _ in tqdm(loader, desc=desc, disable=not show, leave=False):
+                    x = x.to(device).contiguous(memory_format=module.memory_format)
+                    chunks.append(extractor(x).float().cpu())
+        features = torch.cat(chunks).view(views, len(pack), -1)
+        seconds = time.perf_counter() - start
+        log.info(
+            "%s: computed features %s in %.1fs (%.0f images/s)",
+            split, tuple(features.shape), seconds, views * len(pack) / max(seconds, 1e-9),
+        )  # fmt: skip
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+            with open(tmp, "wb") as handle:
+                np.save(handle, features.numpy())
+            tmp.replace(path)
+        except OSError as error:
+            log.warning("Could not store the feature cache in %s (%s): it will be recomputed.", path, error)
+        return features.to(self._device())
+
+
+def _eval_batch(images: Tensor, generator: torch.Generator, pre: Preprocessing) -> Tensor:
+    return to_model_input(images, pre)

@@ -27,7 +27,7 @@ from fer.data.transforms import Preprocessing, build_eval_transform, load_image
 from fer.errors import FERError
 from fer.losses import balanced_class_weights
 from fer.models.backbone import build_backbone
-from fer.models.freeze import apply_freeze_policy, count_parameters, set_frozen_batchnorm_eval
+from fer.models.freeze import apply_freeze_policy, count_parameters, set_frozen_eval, split_frozen
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class FERModule(LightningModule):
         scheduler: Mapping[str, Any] | None = None,
         preprocessing: Mapping[str, Any] | None = None,
         channels_last: bool = True,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         freeze = plain(freeze) or {"policy": "none"}
@@ -80,6 +81,7 @@ class FERModule(LightningModule):
                 "scheduler": plain(scheduler),
                 "preprocessing": Preprocessing(**(plain(preprocessing) or {})).as_dict(),
                 "channels_last": bool(channels_last),
+                "compile": bool(compile),
             }
         )
         self.class_names = tuple(class_names)
@@ -93,6 +95,9 @@ class FERModule(LightningModule):
         apply_freeze_policy(self.model, freeze.get("policy", "none"), int(freeze.get("trainable_blocks", 0)))
         # BackboneFinetuning (freeze=gradual) looks for this attribute.
         self.backbone = self.model.features
+        # Plain attributes, not submodules: the state dict keeps one copy of every weight under ``model.``.
+        self.__dict__["compiled_model"] = torch.compile(self.model) if compile else None
+        self.__dict__["feature_head"] = None
         self.criterion = self._build_loss(loss.get("class_weights"))
 
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
@@ -138,12 +143,25 @@ class FERModule(LightningModule):
 
     def train(self, mode: bool = True) -> FERModule:
         super().train(mode)
-        set_frozen_batchnorm_eval(self.model)
+        set_frozen_eval(self.model)
         return self
+
+    def frozen_extractor(self) -> torch.nn.Module:
+        """The frozen front of the network (eval mode), whose output ``data.feature_cache`` stores; the
+        module then accepts those features, 2-D ``(B, D)``, in place of images."""
+        front, head = split_frozen(self.model, self.hparams.freeze.get("policy", "none"))
+        self.__dict__["feature_head"] = head
+        return front.eval()
 
     # --- forward and steps --------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x.contiguous(memory_format=self.memory_format))
+        """Logits for images ``(B, 3, S, S)``, or for cached features ``(B, D)`` of the frozen front."""
+        if x.dim() == 2:
+            if self.feature_head is None:
+                self.frozen_extractor()
+            return self.feature_head(x)
+        model = self.compiled_model if self.compiled_model is not None else self.model
+        return model(x.contiguous(memory_format=self.memory_format))
 
     def model_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         x, y = batch
