@@ -57,6 +57,7 @@ def build_datamodule(cfg: DictConfig, model: FERModule, recorded: dict[str, Any]
     settings.update(
         class_names=list(model.class_names), num_workers=cfg.num_workers, eval_batch_size=cfg.batch_size
     )
+    settings["feature_cache"] = False  # evaluation always runs the whole network on the images
     if cfg.get("data_dir"):
         settings.update(data_dir=cfg.data_dir, synthetic=None)
     return FERDataModule(**settings)

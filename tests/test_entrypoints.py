@@ -230,3 +230,37 @@ def test_cfg_job_prints_a_readable_config_and_help_lists_groups(outputs):
         "experiment: finetune, quickstart, seed",
     ):
         assert line in help_text
+
+
+def test_feature_cache_trains_the_head_and_eval_accepts_the_checkpoint(tiny_data, outputs, tmp_path):
+    extra = ["freeze=last_layer", "data.feature_cache=true", f"data.cache_dir={tmp_path / 'cache'}"]
+    result = check(
+        run_fer("fer.train", *tiny_args(tiny_data, "trainer.max_epochs=2", *extra), outputs=outputs)
+    )
+    (run,) = run_dirs(outputs)
+    log = (run / "train.log").read_text()
+    assert "train: computed features (1, 56, 1024)" in log and "valid: computed features (1, 28, 1024)" in log
+    assert "test/acc" in result.stdout
+    best = next(p for p in (run / "checkpoints").iterdir() if p.name.startswith("epoch_"))
+    eval_outputs = tmp_path / "eval"
+    eval_outputs.mkdir()
+    check(
+        run_fer("fer.eval", f"ckpt_path={best}", "+trainer.enable_progress_bar=false", outputs=eval_outputs)
+    )
+    (eval_run,) = run_dirs(eval_outputs, "eval")
+    assert last_scalar(eval_run, "test/acc") == pytest.approx(last_scalar(run, "test/acc"), abs=1e-4)
+    # validation on cached features gave the accuracy that the whole network gives on the images
+    check(run_fer("fer.eval", f"ckpt_path={best}", "split=valid", outputs=eval_outputs))
+    (_, valid_run) = run_dirs(eval_outputs, "eval")
+    assert last_scalar(valid_run, "val/acc") == pytest.approx(last_scalar(run, "val/acc_best"), abs=1e-4)
+
+
+def test_per_image_path_trains_with_packed_off(tiny_data, outputs):
+    result = check(
+        run_fer(
+            "fer.train", *tiny_args(tiny_data, "trainer.max_epochs=1", "data.packed=false"), outputs=outputs
+        )
+    )
+    assert "test/acc" in result.stdout
+    (run,) = run_dirs(outputs)
+    assert "Packed" not in (run / "train.log").read_text()

@@ -88,6 +88,12 @@ def test_missing_checkpoint_is_a_clear_error(tiny_data, tmp_path, outputs):
 
 
 @pytest.mark.slow
+def test_feature_cache_needs_a_frozen_front(tiny_data, outputs):
+    result = train_on(tiny_data, outputs, "freeze=none", "data.feature_cache=true")
+    assert_clean_error(result, "data.feature_cache=true needs freeze=backbone or freeze=last_layer")
+
+
+@pytest.mark.slow
 def test_offline_pretrained_download_says_where_to_put_the_weights(tiny_data, tmp_path, outputs):
     env = {
         "TORCH_HOME": str(tmp_path / "torch_home"),
