@@ -116,3 +116,42 @@ def test_gradual_unfreezing_with_one_cycle_is_refused_with_a_clear_error():
     module = FERModule(freeze={"policy": "gradual"}, scheduler=scheduler)
     with pytest.raises(FERError, match="scheduler=cosine"):
         module.configure_optimizers()
+
+
+def test_last_layer_policy_keeps_the_whole_frozen_front_in_eval_mode_dropout_included():
+    module = FERModule(pretrained=False, freeze={"policy": "last_layer"})
+    module.train()
+    front = [*module.model.features, module.model.avgpool, *module.model.classifier[:-1]]
+    assert not any(m.training for step in front for m in step.modules())
+    assert module.model.classifier[-1].training
+    x = torch.randn(3, 3, 32, 32)
+    assert torch.equal(module(x), module(x))  # nothing random before the trained layer
+
+
+def test_backbone_policy_keeps_head_dropout_active():
+    module = FERModule(pretrained=False, freeze={"policy": "backbone"}, dropout=0.5)
+    module.train()
+    assert not any(m.training for block in module.model.features for m in block.modules())
+    assert module.model.classifier[2].training
+
+
+def test_feature_input_goes_through_the_head_only():
+    module = FERModule(pretrained=False, freeze={"policy": "last_layer"}).eval()
+    x = torch.randn(2, 3, 32, 32)
+    features = module.frozen_extractor()(x)
+    assert features.shape == (2, 1024)
+    assert torch.allclose(module(features), module(x), atol=1e-6)
+    with pytest.raises(FERError, match="freeze=backbone or freeze=last_layer"):
+        FERModule(pretrained=False, freeze={"policy": "partial", "trainable_blocks": 2}).frozen_extractor()
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager_and_keeps_plain_checkpoint_keys():
+    torch.manual_seed(0)
+    compiled = FERModule(pretrained=False, compile=True).eval()
+    eager = FERModule(pretrained=False).eval()
+    eager.load_state_dict(compiled.state_dict())
+    assert all(key.startswith("model.") for key in compiled.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), eager(x), atol=1e-5)
