@@ -42,11 +42,15 @@ from fer.data.layout import CLASS_NAMES, SPLITS, index_split
 from fer.data.synthetic import draw_face
 from fer.errors import FERError, user_message
 from fer.losses import CrossEntropyLoss
+from fer.runtime import tune_cpu_allocator
 
 SEED = 0
 WARMUP_BATCHES = 2
 FULL_BUDGET = (2048, 60.0)  # images, seconds per row
-QUICK_BUDGET = (512, 6.0)  # the seed's full 224 px fine-tune runs ~50 images/s on 2 CPU cores
+QUICK_BUDGET = (512, 6.0)
+# a GPU trains tens of thousands of images per second: budgets in seconds, images only as a cap
+CUDA_FULL_BUDGET = (1_000_000, 10.0)
+CUDA_QUICK_BUDGET = (1_000_000, 3.0)  # the seed's full 224 px fine-tune runs ~50 images/s on 2 CPU cores
 
 # The generated data: MMAFEDB-like 48 px JPEG files, about 31% of them RGB (gray faces saved as RGB).
 DATA_FORMAT_VERSION = 1
@@ -283,8 +287,9 @@ def _busy_cpu_seconds() -> float | None:
 
 
 def _own_cpu_seconds() -> float:
+    """This process's CPU time, its finished child processes' included (packing uses worker processes)."""
     times = os.times()
-    return times.user + times.system
+    return times.user + times.system + times.children_user + times.children_system
 
 
 @contextlib.contextmanager
@@ -303,7 +308,10 @@ def other_cpu_meter() -> Iterator[Callable[[], float | None]]:
         if busy is not None and busy_after is not None:
             elapsed = time.perf_counter() - wall
             others = (busy_after - busy) - (_own_cpu_seconds() - own)
-            share[0] = min(1.0, max(0.0, others / (elapsed * (os.cpu_count() or 1)))) if elapsed > 0 else None
+            # under half a second the clock ticks are too coarse to tell (rows that reuse an earlier run)
+            share[0] = (
+                min(1.0, max(0.0, others / (elapsed * (os.cpu_count() or 1)))) if elapsed > 0.5 else None
+            )
 
 
 def seed_everything(seed: int) -> None:
@@ -519,11 +527,293 @@ _register_model_alone_rows()
 
 # ------------------------------------------------------------------------------------------- fer rows
 #
-# fer's own rows go here: one function per row taking a BenchContext and returning a Measurement (most
-# build their pipeline from ctx.data_dir on ctx.device and return measure_steps(ctx, endless(loader), step)),
-# decorated with register(name, what, compare_to=<the seed row it replaces>). Planned: fer/last_layer@224
-# and fer/full@224 (against the seed rows of the same name), fer/full@default, fer/loader (against
-# seed/loader@224), fer/cache/...
+# fer's rows run fer's own code: the packed data module, batched augmentation, FERModule and a Lightning
+# Trainer, as ``python -m fer.train`` does, so that per-step framework overhead is part of the figure.
+
+SEED_AUGMENT = {
+    "crop_scale": [0.08, 1.0],
+    "crop_ratio": [0.75, 4 / 3],
+    "hflip": 0.5,
+    "rotation": 0,
+    "erasing": 0,
+}
+DEFAULT_SIZE = 112  # conf/data/mmafedb.yaml
+DEFAULT_BATCH = {"cpu": 64, "cuda": 256}
+MMAFEDB_IMAGES = 92_968 + 17_356 + 17_356
+MMAFEDB_TRAIN = 92_968
+
+
+@contextlib.contextmanager
+def _scratch_cache(ctx: BenchContext) -> Iterator[Path]:
+    """A fresh cache folder for one row (packs and features are rebuilt, never read from an earlier run)."""
+    folder = ctx.data_dir.parent / f".{ctx.data_dir.name}-cache-{uuid.uuid4().hex[:8]}"
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _fer_datamodule(ctx: BenchContext, cache: Path, size: int, batch: int, augment: dict | None = None, **kw):
+    from fer.data import FERDataModule
+
+    return FERDataModule(
+        ctx.data_dir, image_size=size, batch_size=batch, eval_batch_size=max(batch, 256),
+        augment=augment, cache_dir=cache, seed=ctx.seed, **kw,
+    )  # fmt: skip
+
+
+class _StepTimer:
+    """Lightning callback: times the training steps after the warm-up ones, stops at the row's budget."""
+
+    def __init__(self, ctx: BenchContext, warmup: int) -> None:
+        self.ctx, self.warmup = ctx, warmup
+        self.steps, self.images, self.start, self.seconds, self.warmup_start = (
+            0,
+            0,
+            None,
+            0.0,
+            time.perf_counter(),
+        )
+
+    def callback(self):
+        import lightning as L
+
+        timer = self
+
+        class StepTimer(L.Callback):
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+                timer.steps += 1
+                if timer.start is not None:
+                    timer.images += len(batch[1])
+                    elapsed = time.perf_counter() - timer.start
+                    if timer.images >= timer.ctx.images or elapsed >= timer.ctx.seconds:
+                        timer.ctx.synchronize()
+                        timer.seconds = time.perf_counter() - timer.start
+                        trainer.should_stop = True
+                elif timer.steps >= timer.warmup:
+                    timer.ctx.synchronize()
+                    timer.warmup_seconds = time.perf_counter() - timer.warmup_start
+                    timer.start = time.perf_counter()
+
+        return StepTimer()
+
+
+def _fer_module(
+    datamodule, policy: str, optimizer: dict, compiled: bool = False, arch: str = "mobilenet_v3_small"
+):
+    from fer.models import FERModule
+
+    return FERModule(
+        arch, freeze={"policy": policy}, optimizer=optimizer, compile=compiled,
+        preprocessing=datamodule.preprocessing.as_dict(),
+    )  # fmt: skip
+
+
+def _fer_fit(ctx: BenchContext, datamodule, module) -> _StepTimer:
+    """Train fer's module with a Lightning Trainer until the row's budget."""
+    import lightning as L
+
+    compiled = module.hparams.compile
+    timer = _StepTimer(ctx, ctx.warmup_batches + (1 if compiled else 0))
+    trainer = L.Trainer(
+        accelerator=ctx.device.type, devices=1, precision="bf16-mixed" if ctx.cuda else "32-true",
+        benchmark=ctx.cuda, max_epochs=10_000, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[timer.callback()],
+    )  # fmt: skip
+    trainer.fit(module, datamodule=datamodule)
+    if timer.start is None or timer.seconds == 0.0:
+        raise RuntimeError("the training stopped before the timed steps (too few images for the warm-up?)")
+    return timer
+
+
+def _timer_measurement(timer: _StepTimer, notes: str) -> Measurement:
+    return Measurement(timer.images, timer.seconds, warmup_seconds=timer.warmup_seconds, notes=notes)
+
+
+def _fer_training(
+    ctx: BenchContext, policy: str, size: int, batch: int, augment: dict | None, optimizer: dict
+) -> Measurement:
+    with _scratch_cache(ctx) as cache:
+        datamodule = _fer_datamodule(ctx, cache, size, batch, augment)
+        datamodule.prepare_data()
+        datamodule.setup("fit")  # packing is measured by its own row (fer/pack), not here
+        timer = _fer_fit(ctx, datamodule, _fer_module(datamodule, policy, optimizer))
+    precision = "bf16-mixed" if ctx.cuda else "fp32"
+    return _timer_measurement(timer, f"batch {batch}, {precision}, packed data, batched augmentation")
+
+
+SEED_OPTIMIZER = {"_target_": "torch.optim.Adam", "lr": SEED_LR}
+FER_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.01}
+
+
+@register(
+    "fer/pack",
+    "decode the train split once into fer's uint8 pack (all cores); read back memory-mapped afterwards",
+)
+def fer_pack(ctx: BenchContext) -> Measurement:
+    from fer.data.packed import pack_split
+
+    index = index_split(ctx.data_dir, "train")
+    with _scratch_cache(ctx) as cache:
+        start = time.perf_counter()
+        pack_split(index, cache, progress=False)
+        seconds = time.perf_counter() - start
+        again = time.perf_counter()
+        pack_split(index_split(ctx.data_dir, "train"), cache, progress=False)
+        reopen = time.perf_counter() - again
+    rate = len(index) / seconds
+    notes = (
+        f"all of MMAFEDB ({MMAFEDB_IMAGES:,} images) at this rate: {MMAFEDB_IMAGES / rate:.0f} s; "
+        f"re-opening the pack (index + key + memory map): {reopen:.2f} s for {len(index):,} files"
+    )
+    return Measurement(len(index), seconds, notes=notes)
+
+
+def _fer_loader(ctx: BenchContext, size: int, batch: int, augment: dict | None) -> Measurement:
+    with _scratch_cache(ctx) as cache:
+        datamodule = _fer_datamodule(ctx, cache, size, batch, augment)
+        datamodule.setup("fit")
+        if ctx.cuda:
+            datamodule.packs["train"] = datamodule.packs["train"].to(ctx.device)
+        loader = datamodule.train_dataloader()
+
+        def step(batch_: tuple[Tensor, Tensor]) -> int:
+            images, labels = batch_
+            images.to(ctx.device)
+            return len(labels)
+
+        measurement = measure_steps(ctx, endless(loader), step)
+    where = "on the GPU" if ctx.cuda else "on the CPU"
+    return dataclasses.replace(measurement, notes=f"batch {batch}, augmented {where}")
+
+
+@register(
+    "fer/loader@224",
+    "fer's packed batches + batched augmentation alone, seed's crop/flip at 224, batch 32",
+    compare_to="seed/loader@224",
+)
+def fer_loader_224(ctx: BenchContext) -> Measurement:
+    return _fer_loader(ctx, SEED_CROP, SEED_BATCH_SIZE, SEED_AUGMENT)
+
+
+@register(
+    "fer/loader@default",
+    f"fer's packed batches + default augmentation (crop, flip, rotation, erasing) at {DEFAULT_SIZE} px",
+    compare_to="seed/loader@224",
+)
+def fer_loader_default(ctx: BenchContext) -> Measurement:
+    return _fer_loader(ctx, DEFAULT_SIZE, DEFAULT_BATCH[ctx.device.type], None)
+
+
+@register(
+    "fer/last_layer@224",
+    "fer, the seed's policy and size: freeze=last_layer, 224 px, seed's crop/flip, batch 32, Adam",
+    compare_to="seed/last_layer@224",
+)
+def fer_last_layer_224(ctx: BenchContext) -> Measurement:
+    return _fer_training(ctx, "last_layer", SEED_CROP, SEED_BATCH_SIZE, SEED_AUGMENT, SEED_OPTIMIZER)
+
+
+@register(
+    "fer/full@224",
+    "fer, full fine-tuning (freeze=none) at 224 px, seed's crop/flip, batch 32, Adam",
+    compare_to="seed/full@224",
+)
+def fer_full_224(ctx: BenchContext) -> Measurement:
+    return _fer_training(ctx, "none", SEED_CROP, SEED_BATCH_SIZE, SEED_AUGMENT, SEED_OPTIMIZER)
+
+
+@register(
+    "fer/full@default",
+    f"fer, full fine-tuning at its default {DEFAULT_SIZE} px and augmentation, AdamW",
+    compare_to="seed/full@224",
+)
+def fer_full_default(ctx: BenchContext) -> Measurement:
+    return _fer_training(ctx, "none", DEFAULT_SIZE, DEFAULT_BATCH[ctx.device.type], None, FER_OPTIMIZER)
+
+
+def _fer_end_to_end(ctx: BenchContext, arch: str, size: int, compiled: bool) -> Measurement:
+    """fer's whole training path at its defaults on the device: packed data moved to the GPU, batched
+    augmentation there, bf16-mixed, channels_last, cuDNN benchmark; optionally torch.compile."""
+    batch = DEFAULT_BATCH[ctx.device.type]
+    with _scratch_cache(ctx) as cache:
+        # equal batches: a smaller last batch would make torch.compile recompile inside the timed steps
+        datamodule = _fer_datamodule(ctx, cache, size, batch, None, drop_last=True)
+        datamodule.setup("fit")
+        timer = _fer_fit(ctx, datamodule, _fer_module(datamodule, "none", FER_OPTIMIZER, compiled, arch))
+    epoch = MMAFEDB_TRAIN / (timer.images / timer.seconds)
+    precision = "bf16-mixed" if ctx.cuda else "fp32"
+    notes = f"batch {batch}, {precision}; an MMAFEDB-size epoch ({MMAFEDB_TRAIN:,} images): {epoch:.1f} s"
+    return _timer_measurement(timer, notes)
+
+
+def _register_end_to_end_rows() -> None:
+    """The GPU table: fer's training end to end next to the model alone on random tensors (same batch)."""
+    for arch in ("mobilenet_v3_small", "mobilenet_v3_large"):
+        for size in (112, 224):
+            for compiled in (False, True):
+                suffix = "/compiled" if compiled else ""
+                register(
+                    f"fer/train/{arch}@{size}{suffix}",
+                    "fer end to end, full fine-tuning, default augmentation, data on the device"
+                    + (", torch.compile" if compiled else ""),
+                    compare_to=f"model-alone/{arch}@{size}{suffix}",
+                    default_on=("cuda",),
+                )(functools.partial(_fer_end_to_end, arch=arch, size=size, compiled=compiled))
+
+
+_register_end_to_end_rows()
+
+
+HEAD_BATCH = 256  # with features cached, the head alone trains: large batches cost little
+
+
+_CACHED_RUNS: dict[tuple[int, str], tuple[dict[str, float], _StepTimer, _StepTimer]] = {}
+
+
+def _fer_cached(ctx: BenchContext, policy: str, part: str) -> Measurement:
+    """Feature cache at 224 px with the seed's crop/flip: the caching pass, then head epochs at the seed's
+    batch of 32 and at 256 (one run serves the three rows; the second fit reads the stored features)."""
+    key = (id(ctx), policy)
+    if key not in _CACHED_RUNS:
+        with _scratch_cache(ctx) as cache:
+            datamodule = _fer_datamodule(
+                ctx, cache, SEED_CROP, SEED_BATCH_SIZE, SEED_AUGMENT, feature_cache=True
+            )
+            module = _fer_module(datamodule, policy, SEED_OPTIMIZER)
+            small = _fer_fit(ctx, datamodule, module)
+            stats = datamodule.feature_cache_stats["train"]
+            large_batches = _fer_datamodule(
+                ctx, cache, SEED_CROP, HEAD_BATCH, SEED_AUGMENT, feature_cache=True
+            )
+            large = _fer_fit(ctx, large_batches, module)
+        _CACHED_RUNS[key] = (stats, small, large)
+    stats, small, large = _CACHED_RUNS[key]
+    if part == "pass":
+        return Measurement(
+            int(stats["images"]), stats["seconds"],
+            notes="the frozen front once per image; x seed > 1: faster than one seed epoch over the same images",
+        )  # fmt: skip
+    timer = small if part == "epochs" else large
+    epoch = MMAFEDB_TRAIN / (timer.images / timer.seconds)
+    batch = SEED_BATCH_SIZE if part == "epochs" else HEAD_BATCH
+    return _timer_measurement(
+        timer, f"batch {batch}; an MMAFEDB-size epoch ({MMAFEDB_TRAIN:,} images): {epoch:.1f} s"
+    )
+
+
+for _policy in ("last_layer", "backbone"):
+    for _part, _what in (
+        ("pass", "the caching pass (224 px, one augmented view)"),
+        ("epochs", "head training on the cached features, batch 32"),
+        (f"epochs@{HEAD_BATCH}", f"head training on the cached features, batch {HEAD_BATCH}"),
+    ):
+        register(
+            f"fer/cache/{_policy}/{_part}",
+            f"freeze={_policy}, data.feature_cache=true: {_what}",
+            compare_to="seed/last_layer@224",
+        )(functools.partial(_fer_cached, policy=_policy, part=_part))
 
 
 # --------------------------------------------------------------------------------- running, reporting
@@ -621,8 +911,10 @@ def make_header(ctx: BenchContext, peak_resettable: bool) -> dict[str, Any]:
         memory = "CUDA max_memory_allocated during the row (tensors only)"
     else:
         device = "cpu"
-        memory = "process peak RSS during the row (VmHWM" + (
-            ", reset before each row)" if peak_resettable else ")"
+        memory = (
+            "process peak RSS during the row (VmHWM, reset before each row; it includes what earlier rows left)"
+            if peak_resettable
+            else "process peak RSS since the start (VmHWM; this platform cannot reset it per row)"
         )
     return {
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -649,7 +941,7 @@ def _number(value: float | None, digits: int) -> str:
 
 
 def format_table(header: dict[str, Any], results: Sequence[Result]) -> str:
-    """The header lines and the markdown table; ``x seed`` is images/s over the compared seed row's."""
+    """The header lines and the markdown table; ``ratio`` is images/s over that of the row named in ``vs``."""
     budget = header["budget"]
     lines = [
         "## fer.bench: training throughput (images/s, higher is better)",
@@ -660,19 +952,22 @@ def format_table(header: dict[str, Any], results: Sequence[Result]) -> str:
         f"- each row: up to {budget['images']:,} images or {budget['seconds']:g} s, after "
         f"{budget['warmup_batches']} untimed warm-up batches" + (" (--quick)" if budget["quick"] else ""),
         f"- peak memory: {header['peak_memory']}",
+        f"- memory allocator: {header.get('allocator', 'default')}",
         "",
-        "| row | what it measures | images | images/s | x seed | peak memory (MB) |",
-        "|---|---|---:|---:|---:|---:|",
+        "| row | what it measures | images | images/s | vs | ratio | peak memory (MB) |",
+        "|---|---|---:|---:|---|---:|---:|",
     ]
     for result in results:
         m = result.measurement
         if m is None:
-            lines.append(f"| {result.row.name} | {result.row.what} | failed: {result.error} | — | — | — |")
+            lines.append(
+                f"| {result.row.name} | {result.row.what} | failed: {result.error} | — | — | — | — |"
+            )
             continue
         speedup = ratio(result, results)
         lines.append(
             f"| {result.row.name} | {result.row.what} | {m.images:,} | {_number(m.images_per_s, 1)} "
-            f"| {_number(speedup, 2)} | {_number(m.peak_memory_mb, 0)} |"
+            f"| {result.row.compare_to or '—'} | {_number(speedup, 2)} | {_number(m.peak_memory_mb, 0)} |"
         )
     notes = []
     for result in results:
@@ -701,7 +996,7 @@ def results_json(header: dict[str, Any], results: Sequence[Result]) -> dict[str,
                 "images": m.images if m else None,
                 "seconds": m.seconds if m else None,
                 "images_per_s": m.images_per_s if m else None,
-                "x_seed": ratio(result, results),
+                "ratio": ratio(result, results),
                 "peak_memory_mb": m.peak_memory_mb if m else None,
                 "warmup_seconds": m.warmup_seconds if m else None,
                 "other_cpu": m.other_cpu if m else None,
@@ -761,7 +1056,10 @@ def _context(args: argparse.Namespace) -> BenchContext:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.threads is not None and args.threads < 1:
         raise FERError(f"--threads must be at least 1, got {args.threads}")
-    images, seconds = QUICK_BUDGET if args.quick else FULL_BUDGET
+    if device.type == "cuda":
+        images, seconds = CUDA_QUICK_BUDGET if args.quick else CUDA_FULL_BUDGET
+    else:
+        images, seconds = QUICK_BUDGET if args.quick else FULL_BUDGET
     images = images if args.images is None else args.images
     seconds = seconds if args.seconds is None else args.seconds
     if images < 1 or seconds <= 0:
@@ -788,6 +1086,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         peak_resettable = _reset_peak_memory(ctx.device)
         header = make_header(ctx, peak_resettable)
+        # as fer.train does; it applies to every row of this process, the seed's too (conservative ratios)
+        header["allocator"] = (
+            "heap kept (fer.runtime.tune_cpu_allocator)" if tune_cpu_allocator() else "default"
+        )
         results = [run_row(row, ctx) for row in rows]
     finally:
         torch.set_num_threads(threads_before)

@@ -25,11 +25,13 @@ from fer.runtime import (
     quiet_known_warnings,
     report_user_errors,
     scalar_metrics,
+    tune_cpu_allocator,
 )
 
 log = logging.getLogger("fer.eval")
 register_resolvers()
 quiet_known_warnings()
+tune_cpu_allocator()
 
 SPLIT_STAGES = {"test": "test", "valid": "validate"}
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import math
+import os
 import sys
 import warnings
 from collections.abc import Iterator, Mapping
@@ -73,6 +75,24 @@ def quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
     # frozen parts of the network are kept in eval mode on purpose (fer.models.freeze.set_frozen_eval)
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed memory in the process heap instead of handing it back to the OS.
+
+    With glibc's defaults, the activations of a training step (tens of MB each) are mmap-ed, returned
+    and page-faulted in again at every step; measured on 2 CPU cores, MobileNetV3-small with a frozen
+    backbone at 224 px trains 1.6x faster with the heap kept. Linux/glibc only; ``FER_MALLOC_TUNING=0``
+    leaves the allocator alone. Returns whether the setting was applied.
+    """
+    if not sys.platform.startswith("linux") or os.environ.get("FER_MALLOC_TUNING", "1") == "0":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
 
 
 def check_checkpoint_path(path: str | None, key: str = "ckpt_path") -> str | None:

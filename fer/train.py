@@ -23,11 +23,13 @@ from fer.runtime import (
     quiet_known_warnings,
     report_user_errors,
     scalar_metrics,
+    tune_cpu_allocator,
 )
 
 log = logging.getLogger("fer.train")
 register_resolvers()
 quiet_known_warnings()
+tune_cpu_allocator()
 
 HPARAM_METRICS = ["val/acc_best", "test/acc", "test/f1_macro"]
 HPARAM_SECTIONS = ("model", "freeze", "loss", "optimizer", "scheduler")

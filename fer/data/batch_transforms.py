@@ -112,22 +112,32 @@ class BatchAugmentation:
         angle = _uniform((batch,), -float(aug.rotation or 0), float(aug.rotation or 0), generator, device)
         angle = angle * (math.pi / 180.0)
 
-        # output pixel centres in [-1, 1] -> rotated -> flipped -> crop box -> source image, in one grid
-        steps = (torch.arange(size, device=device, dtype=torch.float32) * 2 + 1) / size - 1
-        out_y, out_x = torch.meshgrid(steps, steps, indexing="ij")
-        cos, sin = torch.cos(angle).view(-1, 1, 1), torch.sin(angle).view(-1, 1, 1)
-        u = cos * out_x + sin * out_y
-        v = -sin * out_x + cos * out_y
-        u = torch.where(flip.view(-1, 1, 1), -u, u)
-        inside = (u.abs() <= 1) & (v.abs() <= 1)  # rotation leaves black corners, as torchvision's
-        src_x = (left.view(-1, 1, 1) + (u + 1) / 2 * crop_w.view(-1, 1, 1)) / width * 2 - 1
-        src_y = (top.view(-1, 1, 1) + (v + 1) / 2 * crop_h.view(-1, 1, 1)) / height * 2 - 1
-        grid = torch.stack((src_x, src_y), dim=-1)
+        # one affine map per image, output -> source, in normalized coordinates: rotate, flip, then place
+        # the unit square on the crop box (output pixel centres follow align_corners=False). Built by
+        # broadcasting: F.affine_grid's batched matmul is several times slower on CPU for this shape.
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        sign = 1.0 - 2.0 * flip.float()
+        coords = (torch.arange(size, device=device, dtype=torch.float32) * 2 + 1) / size - 1
+        out_x, out_y = coords.view(1, 1, size), coords.view(1, size, 1)
 
+        def plane(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+            """a * x + b * y + c for every output pixel of every image: (B, S, S)."""
+            return torch.addcmul(
+                torch.addcmul(c.view(-1, 1, 1), b.view(-1, 1, 1), out_y), a.view(-1, 1, 1), out_x
+            )
+
+        scale_x, scale_y = crop_w / width, crop_h / height
+        shift_x = (2 * left + crop_w) / width - 1
+        shift_y = (2 * top + crop_h) / height - 1
+        src_x = plane(scale_x * sign * cos, scale_x * sign * sin, shift_x)
+        src_y = plane(-scale_y * sin, scale_y * cos, shift_y)
         x = images.float().div_(255.0)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        x = F.grid_sample(x, torch.stack((src_x, src_y), dim=-1), padding_mode="border", align_corners=False)
         if aug.rotation:
-            x = x * inside.unsqueeze(1)
+            # rotation leaves black corners, as torchvision's: points outside the rotated crop
+            zero = torch.zeros_like(cos)
+            u, v = plane(cos, sin, zero), plane(-sin, cos, zero)
+            x = x.masked_fill(((u.abs() > 1) | (v.abs() > 1)).unsqueeze(1), 0.0)
         x = normalize(x, self.pre)
         if aug.erasing:
             x = _erase(x, aug, generator)

@@ -88,6 +88,7 @@ class FERDataModule(LightningDataModule):
         feature_cache: bool = False,
         feature_cache_views: int = 1,
         seed: int = 0,
+        drop_last: bool = False,
     ) -> None:
         super().__init__()
         if sampler not in SAMPLERS:
@@ -118,10 +119,12 @@ class FERDataModule(LightningDataModule):
         self.feature_cache = bool(feature_cache)
         self.feature_cache_views = int(feature_cache_views)
         self.seed = int(seed)
+        self.drop_last = bool(drop_last)
         self.batch_size_per_device = self.batch_size
         self.indexes: dict[str, SplitIndex] = {}
         self.packs: dict[str, PackedSplit] = {}
-        self.features: dict[str, Tensor] = {}
+        # split -> {"images", "seconds"} of feature-cache passes computed in this process
+        self.feature_cache_stats: dict[str, dict[str, float]] = {}
         # plain data only, so checkpoints load with weights_only=True
         self.save_hyperparameters(
             {
@@ -146,6 +149,7 @@ class FERDataModule(LightningDataModule):
                 "feature_cache": self.feature_cache,
                 "feature_cache_views": self.feature_cache_views,
                 "seed": self.seed,
+                "drop_last": self.drop_last,
             }
         )
         self.datasets: dict[str, ImageFolderDataset] = {}
@@ -237,6 +241,7 @@ class FERDataModule(LightningDataModule):
             weights=self._sampler_weights() if train else None,
             rank=rank,
             world_size=world_size,
+            drop_last=train and self.drop_last,
         )
 
     def _loader(
@@ -255,7 +260,7 @@ class FERDataModule(LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
-            drop_last=False,
+            drop_last=split == "train" and self.drop_last,
         )
 
     def train_dataloader(self) -> DataLoader | PackedBatches:
@@ -301,6 +306,7 @@ class FERDataModule(LightningDataModule):
             rank=rank,
             world_size=world_size,
             views=views,
+            drop_last=train and self.drop_last,
         )
 
     def _augments(self) -> bool:
@@ -344,6 +350,7 @@ class FERDataModule(LightningDataModule):
                     chunks.append(extractor(x).float().cpu())
         features = torch.cat(chunks).view(views, len(pack), -1)
         seconds = time.perf_counter() - start
+        self.feature_cache_stats[split] = {"images": views * len(pack), "seconds": seconds}
         log.info(
             "%s: computed features %s in %.1fs (%.0f images/s)",
             split, tuple(features.shape), seconds, views * len(pack) / max(seconds, 1e-9),

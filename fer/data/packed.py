@@ -219,6 +219,7 @@ class PackedBatches:
         rank: int = 0,
         world_size: int = 1,
         views: int = 1,
+        drop_last: bool = False,
     ) -> None:
         self.data, self.labels = data, labels
         self.batch_size = int(batch_size)
@@ -228,6 +229,7 @@ class PackedBatches:
         self.weights = weights
         self.rank, self.world_size = int(rank), int(world_size)
         self.views = int(views)
+        self.drop_last = bool(drop_last) and self.num_items >= batch_size
         self.epoch = 0
         # Lightning calls ``loader.sampler.set_epoch(epoch)`` at every epoch start, and reads batch_sampler
         self.sampler = self
@@ -242,6 +244,8 @@ class PackedBatches:
         return math.ceil(len(self.labels) / self.world_size)
 
     def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_items // self.batch_size
         return math.ceil(self.num_items / self.batch_size)
 
     def _order(self, g: torch.Generator) -> Tensor:
@@ -262,7 +266,8 @@ class PackedBatches:
         order = self._order(g)
         device = self.labels.device
         view_of = torch.randint(self.views, (len(order),), generator=g) if self.views > 1 else None
-        for number, start in enumerate(range(0, len(order), self.batch_size)):
+        for number in range(len(self)):
+            start = number * self.batch_size
             idx = order[start : start + self.batch_size]
             if view_of is None:
                 batch = self.data[idx.to(self.data.device)]

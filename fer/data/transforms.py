@@ -85,12 +85,11 @@ def _to_model_input(pre: Preprocessing) -> list:
 
 
 def normalize(x: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
-    """Float ``(B, C, S, S)`` in [0, 1] -> ImageNet-normalized, gray replicated to 3 channels."""
-    mean = torch.tensor(pre.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    """Float ``(B, C, S, S)`` in [0, 1] -> ImageNet-normalized, gray replicated to 3 channels (one fused
+    multiply-add that writes the 3 channels directly)."""
     std = torch.tensor(pre.std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    return (x - mean) / std
+    mean = torch.tensor(pre.mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return torch.addcmul(-mean / std, x, 1.0 / std)
 
 
 def to_model_input(images: torch.Tensor, pre: Preprocessing) -> torch.Tensor:

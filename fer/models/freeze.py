@@ -81,6 +81,13 @@ def split_frozen(model: nn.Module, policy: str) -> tuple[nn.Module, nn.Module]:
     return nn.Sequential(*front), head
 
 
+def fuse_conv_bn(module: nn.Module) -> nn.Module:
+    """A copy of an eval-mode ``module`` with every BatchNorm folded into the convolution before it."""
+    from torch.fx.experimental.optimization import fuse
+
+    return fuse(module)
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     params = list(model.parameters())
