@@ -47,9 +47,9 @@ def test_class_index_is_alphabetical_and_skips_non_images(tmp_path):
     assert index.class_names == ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
     assert index.class_counts() == [3, 3, 3, 4, 3, 3, 3]
     assert all(
-        p.parent.name == CLASS_NAMES[label] for p, label in zip(index.paths, index.labels, strict=True)
+        Path(p).parent.name == CLASS_NAMES[label] for p, label in zip(index.paths, index.labels, strict=True)
     )
-    assert not any(p.name in (".DS_Store", "Thumbs.db", "notes.txt") for p in index.paths)
+    assert not any(Path(p).name in (".DS_Store", "Thumbs.db", "notes.txt") for p in index.paths)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -41,8 +41,8 @@ def test_pack_holds_every_image_decoded_and_is_reused_until_the_folder_changes(t
     assert time.perf_counter() - start < 1.0
     assert again.key == pack.key and (folder / "images.npy").stat().st_mtime_ns == written
 
-    touched = index.paths[3]
-    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    touched = os.stat(index.paths[3])
+    os.utime(index.paths[3], ns=(touched.st_atime_ns, touched.st_mtime_ns + 10**9))
     changed = pack_split(index_split(tiny_data, "valid"), tmp_path / "cache", progress=False)
     assert changed.key != pack.key
     assert len(list((tmp_path / "cache").iterdir())) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +27,12 @@ class SplitIndex:
 
     split: str
     root: Path
-    paths: tuple[Path, ...]
+    # file paths as str: building 128K Path objects would cost more than listing the folders
+    paths: tuple[str, ...]
     labels: tuple[int, ...]
     class_names: tuple[str, ...]
+    # (size in bytes, modification time in ns) per file, read while listing: what packs are keyed by
+    fingerprints: tuple[tuple[int, int], ...] = ()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -40,9 +44,9 @@ class SplitIndex:
         return counts
 
 
-def is_image_file(path: Path) -> bool:
-    """True for a visible file with an image extension (any case); skips ``.DS_Store``, ``._x.jpg`` etc."""
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+def _is_image_name(name: str) -> bool:
+    """A visible file name with an image extension (any case); skips ``.DS_Store``, ``._x.jpg`` etc."""
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def check_data_dir(data_dir: str | Path) -> Path:
@@ -76,15 +80,23 @@ def index_split(data_dir: str | Path, split: str, class_names: tuple[str, ...] =
             f"Class folder(s) {missing} missing in {split_dir}: every split needs one folder per class "
             f"{list(class_names)}."
         )
-    paths: list[Path] = []
+    paths: list[str] = []
     labels: list[int] = []
+    fingerprints: list[tuple[int, int]] = []
     for label, name in enumerate(class_names):
-        files = sorted(p for p in folders[name].iterdir() if is_image_file(p))
-        paths.extend(files)
+        # os.scandir: one directory read, file types without a syscall each (128K files in well under 1 s)
+        with os.scandir(folders[name]) as entries:
+            files = sorted(
+                (e for e in entries if _is_image_name(e.name) and e.is_file()), key=lambda e: e.name
+            )
+        for entry in files:
+            stat = entry.stat()
+            paths.append(entry.path)
+            fingerprints.append((stat.st_size, stat.st_mtime_ns))
         labels.extend([label] * len(files))
     if not paths:
         raise DataLayoutError(
             f"No images in {split_dir}: expected files ending in "
             f"{', '.join(sorted(IMAGE_EXTENSIONS))} (any case) inside its class folders."
         )
-    return SplitIndex(split, split_dir, tuple(paths), tuple(labels), tuple(class_names))
+    return SplitIndex(split, split_dir, tuple(paths), tuple(labels), tuple(class_names), tuple(fingerprints))

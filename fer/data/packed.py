@@ -55,7 +55,7 @@ class PackedSplit:
         return PackedSplit(self.split, self.images.to(device), self.labels.to(device), self.key)
 
 
-def native_size(paths: Sequence[Path], sample: int = 256) -> int:
+def native_size(paths: Sequence[str | Path], sample: int = 256) -> int:
     """The most common image side among the first ``sample`` files (read from headers only)."""
     sizes: Counter[tuple[int, int]] = Counter()
     for path in paths[:sample]:
@@ -75,15 +75,17 @@ def native_size(paths: Sequence[Path], sample: int = 256) -> int:
 def pack_key(index: SplitIndex, size: int, grayscale: bool) -> str:
     """A digest of everything the pack depends on: file names, sizes, mtimes, labels, size and colour mode."""
     digest = hashlib.sha256(json.dumps([PACK_FORMAT, size, grayscale, index.class_names]).encode())
-    for path, label in zip(index.paths, index.labels, strict=True):
-        stat = path.stat()
-        digest.update(
-            f"{path.relative_to(index.root)}\0{stat.st_size}\0{stat.st_mtime_ns}\0{label}\n".encode()
-        )
+    fingerprints = index.fingerprints or [(p.stat().st_size, p.stat().st_mtime_ns) for p in index.paths]
+    names = index.class_names
+    lines = [
+        f"{names[label]}/{os.path.basename(path)}\0{nbytes}\0{mtime}\n"
+        for path, label, (nbytes, mtime) in zip(index.paths, index.labels, fingerprints, strict=True)
+    ]
+    digest.update("".join(lines).encode())
     return digest.hexdigest()[:20]
 
 
-def _decode(path: Path, size: int, grayscale: bool) -> np.ndarray:
+def _decode(path: str | Path, size: int, grayscale: bool) -> np.ndarray:
     image = load_image(path, grayscale)
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
@@ -91,7 +93,9 @@ def _decode(path: Path, size: int, grayscale: bool) -> np.ndarray:
     return array[None] if grayscale else array.transpose(2, 0, 1)
 
 
-def _decode_chunk(array_path: str, paths: Sequence[Path], start: int, size: int, grayscale: bool) -> int:
+def _decode_chunk(
+    array_path: str, paths: Sequence[str | Path], start: int, size: int, grayscale: bool
+) -> int:
     """Decode ``paths`` into rows ``start...`` of the pack file (each worker writes its own rows)."""
     images = np.load(array_path, mmap_mode="r+")
     for offset, path in enumerate(paths):
