@@ -16,6 +16,7 @@ import functools
 import gc
 import itertools
 import json
+import logging
 import math
 import os
 import platform
@@ -42,7 +43,7 @@ from fer.data.layout import CLASS_NAMES, SPLITS, index_split
 from fer.data.synthetic import draw_face
 from fer.errors import FERError, user_message
 from fer.losses import CrossEntropyLoss
-from fer.runtime import tune_cpu_allocator
+from fer.runtime import quiet_known_warnings, tune_cpu_allocator
 
 SEED = 0
 WARMUP_BATCHES = 2
@@ -1081,6 +1082,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FERError as error:
         print(f"fer: error: {user_message(error)}", file=sys.stderr)
         return 2
+    quiet_known_warnings()
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available" lines per row
     threads_before = torch.get_num_threads()  # restored: main() may run inside another program (tests)
     torch.set_num_threads(args.threads or _available_cores())
     try:
