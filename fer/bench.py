@@ -44,6 +44,7 @@ from fer.data.synthetic import draw_face
 from fer.errors import FERError, user_message
 from fer.losses import CrossEntropyLoss
 from fer.runtime import quiet_known_warnings, tune_cpu_allocator
+from fer.system import available_cores, replace_folder
 
 SEED = 0
 WARMUP_BATCHES = 2
@@ -128,13 +129,7 @@ def write_jpeg_tree(out_dir: str | Path, train_per_class: int, eval_per_class: i
                     image.save(folder / f"{index}.jpg", quality=JPEG_QUALITY)
         key = _data_key(train_per_class, eval_per_class, seed)
         (tmp / DATA_KEY_FILE).write_text(json.dumps(key, indent=2) + "\n")
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_folder(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -1019,13 +1014,6 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m fer.bench",
@@ -1085,7 +1073,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_known_warnings()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no "GPU available" lines per row
     threads_before = torch.get_num_threads()  # restored: main() may run inside another program (tests)
-    torch.set_num_threads(args.threads or _available_cores())
+    torch.set_num_threads(args.threads or available_cores())
     try:
         peak_resettable = _reset_peak_memory(ctx.device)
         header = make_header(ctx, peak_resettable)

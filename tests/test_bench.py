@@ -147,7 +147,7 @@ def test_bench_seed_training_and_model_alone_rows_run(jpeg_tree: Path, tmp_path:
     result = {row["name"]: row for row in json.loads(out.read_text())["rows"]}
     assert list(result) == rows.split(",")
     assert all(row["images_per_s"] > 0 for row in result.values())
-    assert result["model-alone/mobilenet_v3_small@112"]["x_seed"] > 0
+    assert result["model-alone/mobilenet_v3_small@112"]["ratio"] > 0
 
 
 def test_cuda_without_a_gpu_is_a_one_line_error(jpeg_tree: Path, capsys):
@@ -163,3 +163,18 @@ def test_unknown_row_and_missing_data_are_user_errors(jpeg_tree: Path, tmp_path:
     assert "no row named 'seed/nope'" in capsys.readouterr().err
     assert bench.main(["--data", str(tmp_path / "missing"), "--rows", "seed/loader@224"]) == 2
     assert capsys.readouterr().err.startswith("fer: error: Data folder not found")
+
+
+@pytest.mark.slow
+def test_fer_rows_run_on_fer_code_and_compare_to_the_seed(jpeg_tree: Path, tmp_path: Path):
+    out = tmp_path / "b.json"
+    rows = "seed/last_layer@224,fer/pack,fer/loader@224,fer/last_layer@224,fer/cache/last_layer/*"
+    args = ["--data", str(jpeg_tree), "--rows", rows, "--images", "32", "--threads", "1", "--out", str(out)]
+    assert bench.main(args) == 0
+    result = {row["name"]: row for row in json.loads(out.read_text())["rows"]}
+    assert result["fer/pack"]["images"] == 70 and "all of MMAFEDB" in result["fer/pack"]["notes"]
+    assert result["fer/last_layer@224"]["compare_to"] == "seed/last_layer@224"
+    assert result["fer/last_layer@224"]["ratio"] > 0 and result["fer/loader@224"]["images"] >= 32
+    assert result["fer/cache/last_layer/pass"]["images"] == 70  # one view of every train image
+    assert result["fer/cache/last_layer/epochs@256"]["images_per_s"] > 0
+    assert not list(jpeg_tree.parent.glob(".*-cache-*"))  # scratch caches are removed

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from fer.data.layout import SplitIndex
 from fer.data.transforms import load_image
 from fer.errors import DataLayoutError
+from fer.system import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +105,6 @@ def _decode_chunk(
     return len(paths)
 
 
-def _workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def _write_pack(
     index: SplitIndex, folder: Path, size: int, grayscale: bool, workers: int, progress: bool
 ) -> None:
@@ -175,7 +169,7 @@ def pack_split(
         start = time.perf_counter()
         try:
             folder.parent.mkdir(parents=True, exist_ok=True)
-            _write_pack(index, folder, size, grayscale, workers or _workers(), progress)
+            _write_pack(index, folder, size, grayscale, workers or available_cores(), progress)
         except FileExistsError:
             pass  # another process (a DDP rank) packed it first
         except OSError as error:

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from fer.data.layout import CLASS_NAMES, SPLITS
+from fer.system import available_cores, replace_folder
 
 logger = logging.getLogger(__name__)
 
@@ -207,13 +208,6 @@ def image_count(train_per_class: int, eval_per_class: int) -> int:
     return (train_per_class + 2 * eval_per_class) * len(CLASS_NAMES)
 
 
-def _num_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def generate_synthetic_dataset(
     out_dir: str | Path,
     train_per_class: int,
@@ -238,7 +232,7 @@ def generate_synthetic_dataset(
                 (tmp / split / name).mkdir(parents=True)
                 jobs.extend((split, class_idx, i) for i in range(count))
         args = (str(tmp), seed, image_size, rgb_fraction)
-        workers = _num_workers()
+        workers = available_cores()
         if len(jobs) < _SERIAL_LIMIT or workers < 2:
             _render_chunk(jobs, *args)
         else:
@@ -250,13 +244,7 @@ def generate_synthetic_dataset(
             with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
                 for future in [pool.submit(_render_chunk, chunk, *args) for chunk in chunks]:
                     future.result()
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        replace_folder(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
