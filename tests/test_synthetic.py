@@ -102,7 +102,7 @@ def test_each_image_depends_only_on_seed_split_class_and_index(tmp_path: Path, s
 
 def test_parallel_generation_matches_serial(tmp_path: Path, small_dataset: Path, monkeypatch) -> None:
     monkeypatch.setattr(synthetic, "_SERIAL_LIMIT", 0)
-    monkeypatch.setattr(synthetic, "_num_workers", lambda: 2)
+    monkeypatch.setattr(synthetic, "available_cores", lambda: 2)
     parallel = generate_synthetic_dataset(tmp_path / "parallel", 3, 2, seed=0)
     assert _files(parallel) == _files(small_dataset)
 

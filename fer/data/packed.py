@@ -261,18 +261,20 @@ class PackedBatches:
 
     def __iter__(self):
         g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
-        order = self._order(g)
-        device = self.labels.device
-        view_of = torch.randint(self.views, (len(order),), generator=g) if self.views > 1 else None
+        # the epoch's order is drawn on the CPU (the same numbers on any device), then moved once
+        order = self._order(g).to(self.data.device)
+        view_of = None
+        if self.views > 1:
+            view_of = torch.randint(self.views, (len(order),), generator=g).to(self.data.device)
         for number in range(len(self)):
             start = number * self.batch_size
             idx = order[start : start + self.batch_size]
-            if view_of is None:
-                batch = self.data[idx.to(self.data.device)]
-            else:
-                views = view_of[start : start + self.batch_size].to(self.data.device)
-                batch = self.data[views, idx.to(self.data.device)]
-            labels = self.labels[idx.to(device)]
+            batch = (
+                self.data[idx]
+                if view_of is None
+                else self.data[view_of[start : start + self.batch_size], idx]
+            )
+            labels = self.labels[idx.to(self.labels.device)]
             if self.transform is not None:
                 batch_g = torch.Generator(device=batch.device)
                 batch_g.manual_seed(derive_seed(self.seed, self.epoch, number, self.rank))

@@ -100,8 +100,6 @@ class FERModule(LightningModule):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         apply_freeze_policy(self.model, freeze.get("policy", "none"), int(freeze.get("trainable_blocks", 0)))
-        # BackboneFinetuning (freeze=gradual) looks for this attribute.
-        self.backbone = self.model.features
         # Plain attributes, not submodules: the state dict keeps one copy of every weight under ``model.``.
         self.__dict__["compiled_model"] = torch.compile(self.model) if compile else None
         self.__dict__["frozen_parts"] = None
@@ -307,7 +305,19 @@ class FERModule(LightningModule):
         scheduler = instantiate(spec, optimizer=optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **extra}}
 
+    @property
+    def backbone(self) -> torch.nn.Module:
+        """The feature extractor, for Lightning's BackboneFinetuning (freeze=gradual); a property, not a
+        second registered name, so the checkpoint holds each weight once."""
+        return self.model.features
+
     # --- checkpoints and inference ------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # checkpoints written before ``backbone`` became a property held the features twice
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("backbone.")]:
+            del state[key]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The weights are in the state dict: loading must never try to download or read them again.
         hparams = dict(checkpoint.get("hyper_parameters", {}))
