@@ -5,7 +5,9 @@ Everything is chosen by Hydra config (``conf/train.yaml``); ``--help`` lists the
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -89,8 +91,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
     notes = {"run folder": cfg.paths.output_dir}
     if best:
         notes["best checkpoint"] = best
+    if trainer.is_global_zero:
+        write_metrics_file(Path(cfg.paths.output_dir), metrics, best or None)
     print_metrics_table("final metrics", metrics, notes)
     return metrics
+
+
+METRICS_FILE = "metrics.json"
+
+
+def write_metrics_file(run_dir: Path, metrics: dict[str, float], best_checkpoint: str | None) -> Path:
+    """The run's final metrics as JSON in its folder (what ``fer.report`` and scripts read)."""
+    path = run_dir / METRICS_FILE
+    payload = {"metrics": metrics, "best_checkpoint": best_checkpoint}
+    tmp = path.with_name(f".{METRICS_FILE}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return path
 
 
 def metric_for_sweeper(metrics: dict[str, float], name: str | None) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,9 @@ def test_train_writes_checkpoints_config_and_tensorboard_scalars(trained):
     checkpoints = sorted(p.name for p in (trained / "checkpoints").iterdir())
     assert "last.ckpt" in checkpoints and any(name.startswith("epoch_") for name in checkpoints)
     assert (trained / ".hydra" / "config.yaml").is_file() and (trained / "train.log").is_file()
+    saved = json.loads((trained / "metrics.json").read_text())
+    assert saved["metrics"]["test/acc"] == pytest.approx(last_scalar(trained, "test/acc"), abs=1e-6)
+    assert saved["best_checkpoint"].endswith(".ckpt")
     accumulator = events(trained)
     scalars = set(accumulator.Tags()["scalars"])
     assert set(CONTRACT_SCALARS) <= scalars, set(CONTRACT_SCALARS) - scalars
