@@ -37,6 +37,7 @@ from fer.models.freeze import (
 
 log = logging.getLogger(__name__)
 
+GRID_IMAGES = 16  # validation images shown with their predictions in TensorBoard
 FROZEN_FRONT_POLICIES = ("backbone", "last_layer")
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.01}
 SCHEDULER_KEYS = ("interval", "frequency", "monitor")
@@ -223,7 +224,7 @@ class FERModule(LightningModule):
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
-    def _eval_step(self, stage: str, batch: tuple[Tensor, Tensor]) -> None:
+    def _eval_step(self, stage: str, batch: tuple[Tensor, Tensor]) -> Tensor:
         loss, preds, y = self.model_step(batch)
         mean_loss, metrics = (
             (self.val_loss, self.val_metrics) if stage == "val" else (self.test_loss, self.test_metrics)
@@ -236,9 +237,15 @@ class FERModule(LightningModule):
         recall.update(preds, y)
         confmat.update(preds, y)
         self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
+        return preds
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._eval_step("val", batch)
+        preds = self._eval_step("val", batch)
+        x, y = batch
+        if batch_idx == 0 and x.dim() == 4 and not self.trainer.sanity_checking:
+            # the first images of the epoch, shown with their predictions at its end (TensorBoard)
+            keep = slice(0, GRID_IMAGES)
+            self.__dict__["val_examples"] = (x[keep].cpu(), y[keep].cpu(), preds[keep].cpu())
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._eval_step("test", batch)
@@ -260,6 +267,9 @@ class FERModule(LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         acc, _ = self._log_epoch_end("val")
+        examples = self.__dict__.pop("val_examples", None)
+        if examples is not None:
+            self._log_prediction_grid("val/predictions", *examples)
         if not self.trainer.sanity_checking:
             self.val_acc_best(acc)
         self.log("val/acc_best", self.val_acc_best.compute() if self.val_acc_best.update_count else acc)
@@ -267,6 +277,17 @@ class FERModule(LightningModule):
     def on_test_epoch_end(self) -> None:
         _, matrix = self._log_epoch_end("test")
         self.last_test_confusion = matrix.cpu()
+
+    def _log_prediction_grid(self, tag: str, images: Tensor, true: Tensor, predicted: Tensor) -> None:
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger) and self.trainer.is_global_zero:
+                from fer.models.plots import image_grid_figure
+
+                pre = self.preprocessing
+                figure = image_grid_figure(
+                    images, true.tolist(), predicted.tolist(), self.class_names, pre.mean, pre.std
+                )
+                logger.experiment.add_figure(tag, figure, global_step=self.global_step, close=True)
 
     def _log_confusion_image(self, tag: str, matrix: Tensor) -> None:
         for logger in self.loggers:

@@ -1,22 +1,21 @@
-"""Figures for TensorBoard and reports."""
+"""Figures for TensorBoard and reports (plain matplotlib Figures: no pyplot state, no backend switch)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+import torch
+from matplotlib.figure import Figure
 from torch import Tensor
 
 
-def confusion_matrix_figure(matrix: Tensor, class_names: Sequence[str]) -> plt.Figure:
+def confusion_matrix_figure(matrix: Tensor, class_names: Sequence[str]) -> Figure:
     """Rows = true class, columns = predicted; cells show counts, colour shows the row-normalized rate."""
     counts = matrix.double()
     rates = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
     n = len(class_names)
-    figure, axes = plt.subplots(figsize=(1.0 + 0.75 * n, 0.8 + 0.7 * n), dpi=100)
+    figure = Figure(figsize=(1.0 + 0.75 * n, 0.8 + 0.7 * n), dpi=100)
+    axes = figure.subplots()
     axes.imshow(rates.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
     axes.set_xticks(range(n), labels=list(class_names), rotation=45, ha="right")
     axes.set_yticks(range(n), labels=list(class_names))
@@ -26,5 +25,39 @@ def confusion_matrix_figure(matrix: Tensor, class_names: Sequence[str]) -> plt.F
         for j in range(n):
             colour = "white" if rates[i, j] > 0.5 else "black"
             axes.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", color=colour, fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def image_grid_figure(
+    images: Tensor,
+    true: Sequence[int],
+    predicted: Sequence[int],
+    class_names: Sequence[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+    captions: Sequence[str] | None = None,
+    columns: int = 8,
+) -> Figure:
+    """Model inputs ``(N, 3, S, S)`` shown as the model saw them (normalization undone), each titled
+    ``true / predicted`` in green when right and red when wrong; ``captions`` add a second line."""
+    count = len(images)
+    rows = max(1, -(-count // columns))
+    figure = Figure(figsize=(1.4 * columns, 1.9 * rows), dpi=100)
+    axes_grid = figure.subplots(rows, columns, squeeze=False)
+    mean_t = torch.tensor(mean).view(-1, 1, 1)
+    std_t = torch.tensor(std).view(-1, 1, 1)
+    for k, axes in enumerate(axes_grid.flat):
+        axes.axis("off")
+        if k >= count:
+            continue
+        picture = (images[k].detach().float().cpu() * std_t + mean_t).clamp(0, 1).permute(1, 2, 0).numpy()
+        axes.imshow(picture)
+        right = int(true[k]) == int(predicted[k])
+        title = f"{class_names[int(true[k])]} / {class_names[int(predicted[k])]}"
+        if captions is not None:
+            title += f"\n{captions[k]}"
+        axes.set_title(title, fontsize=7, color="green" if right else "red")
+    figure.suptitle("true / predicted", fontsize=8)
     figure.tight_layout()
     return figure
