@@ -762,6 +762,43 @@ def _register_end_to_end_rows() -> None:
 _register_end_to_end_rows()
 
 
+_INFERENCE: dict[int, dict] = {}
+
+
+def _inference(ctx: BenchContext, runtime: str, part: str) -> Measurement:
+    """Inference at fer's default size: PyTorch eager against onnxruntime (one measurement serves 4 rows)."""
+    if id(ctx) not in _INFERENCE:
+        from fer.data.transforms import Preprocessing
+        from fer.inference_bench import inference_latency
+        from fer.models import FERModule
+
+        module = FERModule(preprocessing=Preprocessing(DEFAULT_SIZE).as_dict())
+        quick_runs = {"runs": 20, "throughput_runs": 1} if ctx.quick else {}
+        _INFERENCE[id(ctx)] = inference_latency(module, device=ctx.device.type, **quick_runs)
+    result = _INFERENCE[id(ctx)]
+    figures = result[runtime]
+    if part == "latency":
+        # images/s of batch-1 calls = 1000 / median latency; the latency itself is in the notes
+        runs = result["latency_runs"]
+        median = figures["latency_ms"]
+        notes = f"batch 1: median {median:.2f} ms, p90 {figures['latency_ms_p90']:.2f} ms over {runs} calls"
+        return Measurement(runs, runs * median / 1000, notes=notes)
+    batch = result["throughput_batch"]
+    seconds = batch / figures["images_per_s"]
+    notes = f"batch {batch}; largest logit difference torch vs onnxruntime {result['max_abs_logit_diff']:.1e}"
+    return Measurement(batch, seconds, notes=notes)
+
+
+for _runtime in ("torch", "onnxruntime"):
+    for _part in ("latency", "throughput"):
+        register(
+            f"inference/{_runtime}/{_part}@{DEFAULT_SIZE}",
+            f"inference, {'PyTorch eager' if _runtime == 'torch' else 'onnxruntime'}, "
+            + ("batch 1 (images/s = 1000 / median ms)" if _part == "latency" else "batch 256"),
+            compare_to=f"inference/torch/{_part}@{DEFAULT_SIZE}",
+        )(functools.partial(_inference, runtime=_runtime, part=_part))
+
+
 HEAD_BATCH = 256  # with features cached, the head alone trains: large batches cost little
 
 
