@@ -18,11 +18,23 @@ CONFIG_DIR = PROJECT_ROOT / "conf"
 
 def register_resolvers() -> None:
     """``${fer.project_root:}``: the folder holding ``conf/``, so paths do not depend on the working directory;
-    ``${fer.job_name:}``: a sweep job's folder name, from the values of the keys the sweep varies."""
+    ``${fer.job_name:}``: a sweep job's folder name, from the values of the keys the sweep varies;
+    ``${fer.run_dir:...}`` and ``${fer.config_subdir:...}``: where a run (or a resumed run) writes."""
     if not OmegaConf.has_resolver("fer.project_root"):
         OmegaConf.register_new_resolver("fer.project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("fer.job_name"):
         OmegaConf.register_new_resolver("fer.job_name", sweep_job_name)
+    if not OmegaConf.has_resolver("fer.run_dir"):
+        from fer import resume
+
+        OmegaConf.register_new_resolver("fer.run_dir", resume.run_dir, use_cache=True)
+        OmegaConf.register_new_resolver("fer.config_subdir", resume.config_subdir, use_cache=True)
+    if not OmegaConf.has_resolver("fer.optuna_storage"):
+        from fer import sweep
+
+        OmegaConf.register_new_resolver("fer.optuna_storage", sweep.optuna_storage, use_cache=True)
+        OmegaConf.register_new_resolver("fer.optuna_trials", sweep.optuna_trials_to_run, use_cache=True)
+        OmegaConf.register_new_resolver("fer.optuna_seed", sweep.optuna_sampler_seed, use_cache=True)
 
 
 def swept_keys(arguments: list[str]) -> set[str]:

@@ -26,3 +26,7 @@ def user_message(error: BaseException) -> str:
     if "Original Traceback" in text and marker in text:
         text = text.rsplit(marker, 1)[1]
     return text.strip()
+
+
+class NonFiniteLossError(FERError):
+    """The training loss became NaN or infinite (the run stops before the bad step touches the weights)."""

@@ -18,7 +18,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning import Callback, Trainer
 from lightning.pytorch.callbacks import ProgressBar
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
@@ -43,7 +43,9 @@ def report_user_errors() -> Iterator[None]:
         message = user_message(error)
         if _in_multirun():
             log.error(message)
-            raise  # the sweeper records the job as failed and goes on
+            # the sweeper records the job as failed and goes on; the traceback would only show library
+            # frames between here and the cause, so it starts here
+            raise error.with_traceback(None) from None
         _log_to_files(message)
         print(f"fer: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -120,19 +122,30 @@ def instantiate_callbacks(config: DictConfig | None) -> list[Callback]:
     return instantiate_all(config, "callback")
 
 
-def instantiate_loggers(config: DictConfig | None) -> list[Logger]:
-    return instantiate_all(config, "logger")
-
-
-def build_trainer(cfg: DictConfig, extra_callbacks: list[Callback] | None = None) -> Trainer:
-    """The Trainer from ``cfg.trainer`` with the run's callbacks and loggers.
+def build_trainer(
+    cfg: DictConfig, extra_callbacks: list[Callback] | None = None, resume_step: int | None = None
+) -> Trainer:
+    """The Trainer from ``cfg.trainer`` with the run's callbacks and loggers; checkpoints are written
+    atomically (:class:`fer.callbacks.AtomicCheckpointIO`).
 
     ``trainer.enable_progress_bar=false`` drops the configured progress bar instead of failing on it.
+    ``resume_step``: the global step of the checkpoint a run resumes from; TensorBoard then drops what the
+    interrupted run logged after it (``purge_step``), so the resumed curves carry no doubled steps.
     """
+    from fer.callbacks import AtomicCheckpointIO
+
     callbacks = instantiate_callbacks(cfg.get("callbacks")) + list(extra_callbacks or [])
     if cfg.trainer.get("enable_progress_bar") is False:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_loggers(cfg.get("logger")))
+    loggers = []
+    for name, entry in (cfg.get("logger") or {}).items():
+        if isinstance(entry, Mapping) and entry.get("_target_"):
+            log.debug("Instantiating logger %s <%s>", name, entry._target_)
+            tensorboard = entry._target_.rsplit(".", 1)[-1] == "TensorBoardLogger"
+            extra = {"purge_step": resume_step} if tensorboard and resume_step else {}
+            loggers.append(instantiate(entry, **extra))
+    plugins = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, **plugins)
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -12,11 +12,16 @@ from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from fer.atomic import atomic_write_text
+from fer.callbacks import StepSeed
 from fer.config import CONFIG_DIR, flatten, plain, register_resolvers
 from fer.data import FERDataModule
 from fer.models import FERModule
+from fer.provenance import record_run
+from fer.resume import compose_resumed, resumed_run
 from fer.runtime import (
     build_trainer,
     check_checkpoint_path,
@@ -67,11 +72,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     ckpt_path = check_checkpoint_path(cfg.get("ckpt_path"))
+    resume_step = checkpoint_step(ckpt_path) if cfg.get("resume") else None
 
     datamodule: FERDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
     model = build_module(cfg, datamodule)
-    freeze_callback = [hydra.utils.instantiate(cfg.freeze.callback)] if cfg.freeze.get("callback") else []
-    trainer = build_trainer(cfg, freeze_callback)
+    callbacks = [hydra.utils.instantiate(cfg.freeze.callback)] if cfg.freeze.get("callback") else []
+    if cfg.get("seed") is not None:
+        callbacks.append(StepSeed(cfg.seed))
+    trainer = build_trainer(cfg, callbacks, resume_step=resume_step)
 
     if cfg.get("train"):
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -102,12 +110,35 @@ METRICS_FILE = "metrics.json"
 
 def write_metrics_file(run_dir: Path, metrics: dict[str, float], best_checkpoint: str | None) -> Path:
     """The run's final metrics as JSON in its folder (what ``fer.report`` and scripts read)."""
-    path = run_dir / METRICS_FILE
     payload = {"metrics": metrics, "best_checkpoint": best_checkpoint}
-    tmp = path.with_name(f".{METRICS_FILE}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(
+        run_dir / METRICS_FILE, json.dumps(payload, indent=2, sort_keys=True) + "\n", "metrics"
+    )
+
+
+def checkpoint_step(path: str | None) -> int | None:
+    """The global step a checkpoint was written at (read without building any object: weights only)."""
+    if not path:
+        return None
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None  # Lightning's own load reports the problem
+    return int(checkpoint.get("global_step", 0)) or None
+
+
+def record_this_start(cfg: DictConfig, overrides: list[str] | None = None) -> None:
+    """The resolved config and run record (code version, packages, machine) in this start's config folder."""
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.output_subdir is None:
+        return
+    folder = Path(hydra_cfg.runtime.output_dir) / str(hydra_cfg.output_subdir)
+    overrides = list(hydra_cfg.overrides.task) if overrides is None else overrides
+    record_run(folder, cfg, overrides, resumed_from=cfg.get("ckpt_path") if cfg.get("resume") else None)
 
 
 def metric_for_sweeper(metrics: dict[str, float], name: str | None) -> float | None:
@@ -119,8 +150,13 @@ def metric_for_sweeper(metrics: dict[str, float], name: str | None) -> float | N
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    log.debug("Config:\n%s", OmegaConf.to_yaml(cfg))
     with report_user_errors():
+        run = resumed_run(cfg.get("resume"), cfg.get("ckpt_path"))
+        overrides = None
+        if run is not None:
+            cfg, overrides = compose_resumed(run)
+        log.debug("Config:\n%s", OmegaConf.to_yaml(cfg))
+        record_this_start(cfg, overrides)
         metrics = train(cfg)
     return metric_for_sweeper(metrics, cfg.get("optimized_metric"))
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from fer.data.layout import SplitIndex
 from fer.data.transforms import load_image
-from fer.errors import DataLayoutError
+from fer.errors import DataLayoutError, FERError
 from fer.system import available_cores
 
 log = logging.getLogger(__name__)
@@ -229,12 +229,34 @@ class PackedBatches:
         self.views = int(views)
         self.drop_last = bool(drop_last) and self.num_items >= batch_size
         self.epoch = 0
+        # batches handed out in the current epoch, and where a restored run starts (see load_state_dict)
+        self._served = 0
+        self._resume_at: tuple[int, int] | None = None
         # Lightning calls ``loader.sampler.set_epoch(epoch)`` at every epoch start, and reads batch_sampler
         self.sampler = self
         self.batch_sampler = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    # Lightning saves these in every checkpoint (``loops.fit_loop.state_dict.combined_loader``) and restores
+    # them before the first batch of a resumed run. Lightning asks for one batch at a time from loaders that
+    # have a length (no prefetching), so the batches handed out are the batches trained on.
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches": self._served, "seed": self.seed, "items": len(self.labels)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue a mid-epoch checkpoint: the next pass over epoch ``state['epoch']`` skips the batches
+        already trained on, with the same order and the same random numbers for the rest."""
+        if int(state.get("seed", self.seed)) != self.seed or int(state.get("items", len(self.labels))) != len(
+            self.labels
+        ):
+            raise FERError(
+                f"The checkpoint stopped inside an epoch whose data order came from seed {state.get('seed')} "
+                f"over {state.get('items')} training images; this run has seed {self.seed} and "
+                f"{len(self.labels)} images. Resume with the run's own seed and data folder."
+            )
+        self._resume_at = (int(state["epoch"]), int(state["batches"]))
 
     @property
     def num_items(self) -> int:
@@ -266,7 +288,14 @@ class PackedBatches:
         view_of = None
         if self.views > 1:
             view_of = torch.randint(self.views, (len(order),), generator=g).to(self.data.device)
-        for number in range(len(self)):
+        first = 0
+        if self._resume_at is not None:
+            epoch, done = self._resume_at
+            self._resume_at = None
+            if epoch == self.epoch:
+                first = min(done, len(self))
+        self._served = first
+        for number in range(first, len(self)):
             start = number * self.batch_size
             idx = order[start : start + self.batch_size]
             batch = (
@@ -279,4 +308,5 @@ class PackedBatches:
                 batch_g = torch.Generator(device=batch.device)
                 batch_g.manual_seed(derive_seed(self.seed, self.epoch, number, self.rank))
                 batch = self.transform(batch, batch_g)
+            self._served = number + 1
             yield batch, labels

@@ -24,7 +24,7 @@ from torchmetrics.classification import (
 from fer.config import plain
 from fer.data.layout import CLASS_NAMES
 from fer.data.transforms import Preprocessing, build_eval_transform, load_image
-from fer.errors import FERError
+from fer.errors import FERError, NonFiniteLossError
 from fer.losses import balanced_class_weights
 from fer.models.backbone import build_backbone
 from fer.models.freeze import (
@@ -37,6 +37,7 @@ from fer.models.freeze import (
 
 log = logging.getLogger(__name__)
 
+RESUMED_METRICS = ("train_loss", "train_acc", "val_acc_best")
 GRID_IMAGES = 16  # validation images shown with their predictions in TensorBoard
 FROZEN_FRONT_POLICIES = ("backbone", "last_layer")
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay": 0.01}
@@ -200,7 +201,7 @@ class FERModule(LightningModule):
         return self.criterion(logits, y), logits.argmax(dim=1), y
 
     def on_train_start(self) -> None:
-        self.val_acc_best.reset()  # the sanity check must not count
+        # (val_acc_best is not reset here: the sanity check never updates it, and a resumed run restores it)
         trainable, total = count_parameters(self.model)
         log.info(
             "Trainable parameters: %s of %s (freeze=%s)",
@@ -217,12 +218,28 @@ class FERModule(LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss, preds, y = self.model_step(batch)
+        if not torch.isfinite(loss):
+            self._stop_on_non_finite_loss(loss, batch_idx)
         # update() only: logged per epoch, so the per-batch value that calling the metric computes is waste
         self.train_loss.update(loss.detach(), weight=y.numel())
         self.train_acc.update(preds, y)
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
+
+    def _stop_on_non_finite_loss(self, loss: Tensor, batch_idx: int) -> None:
+        """Stop before the optimizer step: the weights and every checkpoint written so far stay finite."""
+        optimizer = self.trainer.optimizers[0] if self.trainer.optimizers else None
+        rates = sorted({group["lr"] for group in optimizer.param_groups}) if optimizer else []
+        lr = ", ".join(f"{rate:.3g}" for rate in rates) or "unknown"
+        configured = self.hparams.optimizer.get("lr")
+        raise NonFiniteLossError(
+            f"The training loss became {float(loss.detach())} at step {self.global_step} (epoch {self.current_epoch}, "
+            f"batch {batch_idx}); the learning rate was {lr} (optimizer.lr={configured}). A learning rate "
+            "too high for this model and batch size is the usual cause: lower optimizer.lr (e.g. by 10x), "
+            "or set trainer.gradient_clip_val=1.0. Nothing was saved from this step; the checkpoints "
+            "already written hold the last finite weights."
+        )
 
     def _eval_step(self, stage: str, batch: tuple[Tensor, Tensor]) -> Tensor:
         loss, preds, y = self.model_step(batch)
@@ -338,6 +355,13 @@ class FERModule(LightningModule):
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith("backbone.")]:
             del state[key]
+        for name, values in (checkpoint.get("fer_metric_states") or {}).items():
+            metric = getattr(self, name, None)
+            if name in RESUMED_METRICS and metric is not None:
+                for state_name, value in values.items():
+                    setattr(metric, state_name, value.to(self.device))
+                metric._update_count = max(metric._update_count, 1)
+                metric._computed = None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The weights are in the state dict: loading must never try to download or read them again.
@@ -348,6 +372,24 @@ class FERModule(LightningModule):
         }
         hparams.update(pretrained=False, weights_path=None)
         checkpoint["hyper_parameters"] = hparams
+        # what a resumed run needs to report the same numbers: the running means of the current epoch
+        # (a checkpoint can be written mid-epoch) and the best validation accuracy so far
+        names = ["val_acc_best"]
+        if self._inside_training_epoch():
+            names += ["train_loss", "train_acc"]
+        checkpoint["fer_metric_states"] = {
+            name: {k: v.detach().clone() for k, v in getattr(self, name).metric_state.items()}
+            for name in names
+        }
+
+    def _inside_training_epoch(self) -> bool:
+        """Whether a checkpoint written now falls between two batches of an epoch (Lightning counts the
+        batch whose end hook is running as processed, not yet completed)."""
+        trainer = self._trainer
+        if trainer is None or not trainer.training:
+            return False
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return progress.completed < progress.processed
 
     @property
     def transform(self):

@@ -1,0 +1,132 @@
+"""Resuming a run in its own folder: ``resume=<run folder>`` or ``ckpt_path=<run folder>/checkpoints/last.ckpt``.
+
+A resumed run continues the run it comes from: same folder, same TensorBoard log, same log file, and the
+same configuration (the run's recorded overrides, then whatever the command line adds, e.g. a higher
+``trainer.max_epochs``). Each start of the run records its own configuration under ``.hydra/`` (the first
+start in ``.hydra/`` itself, each resume in ``.hydra/resume-<time>/``), so nothing is overwritten.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from fer.atomic import write_failure_hint
+
+log = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last.ckpt"
+CONFIG_SUBDIR = ".hydra"
+# keys that say where to resume from: not carried over from the recorded overrides
+RESUME_KEYS = ("resume", "ckpt_path")
+
+
+def _fail(message: str) -> None:
+    """Stop before Hydra creates any folder (a resolver cannot report through ``report_user_errors``)."""
+    print(f"fer: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _given(value: object) -> bool:
+    return value not in (None, "", "None", "null")
+
+
+def run_folder_of(checkpoint: object) -> Path | None:
+    """The run folder whose ``last.ckpt`` this is (``<run>/checkpoints/last.ckpt`` next to ``<run>/.hydra``)."""
+    if not _given(checkpoint):
+        return None
+    path = Path(str(checkpoint)).expanduser().resolve()
+    run = path.parent.parent
+    if path.name == LAST_CHECKPOINT and path.parent.name == "checkpoints" and (run / CONFIG_SUBDIR).is_dir():
+        return run
+    return None
+
+
+def resume_folder(resume: object) -> Path:
+    """The run folder named by ``resume=``, checked: it must hold ``checkpoints/last.ckpt``."""
+    folder = Path(str(resume)).expanduser().resolve()
+    if not folder.is_dir():
+        _fail(f"resume={resume}: no such run folder. Pass a folder of outputs/train/runs/ (or of a sweep).")
+    if not (folder / "checkpoints" / LAST_CHECKPOINT).is_file():
+        found = sorted(p.name for p in (folder / "checkpoints").glob("*.ckpt"))
+        what = f"it holds {found}" if found else "it holds no checkpoint yet (the run stopped before one)"
+        _fail(
+            f"resume={resume}: {folder / 'checkpoints' / LAST_CHECKPOINT} does not exist; {what}. "
+            "Start the run again, or pass ckpt_path=<checkpoint> to start a new run from one of them."
+        )
+    return folder
+
+
+def resumed_run(resume: object, ckpt_path: object) -> Path | None:
+    """The existing run folder this start continues, if any."""
+    if _given(resume):
+        return resume_folder(resume)
+    return run_folder_of(ckpt_path)
+
+
+def ensure_writable(folder: str | Path) -> str:
+    """Create the run folder now, so an unwritable output folder ends with one clear message."""
+    path = Path(str(folder)).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".fer-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        _fail(
+            f"Cannot write to the output folder {path}: {error.strerror or error}. "
+            f"{write_failure_hint(error).capitalize()}."
+        )
+    return str(folder)
+
+
+RESUMING_TASKS = ("train",)
+
+
+def run_dir(task: str, resume: object, ckpt_path: object, default: str) -> str:
+    """``hydra.run.dir``: the resumed run's own folder (training only), else a new folder, checked to be
+    writable."""
+    folder = resumed_run(resume, ckpt_path) if task in RESUMING_TASKS else None
+    return ensure_writable(folder if folder is not None else default)
+
+
+def config_subdir(task: str, resume: object, ckpt_path: object, stamp: str) -> str:
+    """``hydra.output_subdir``: ``.hydra`` for a new run, ``.hydra/resume-<time>`` for each resume."""
+    resumed = task in RESUMING_TASKS and (_given(resume) or run_folder_of(ckpt_path) is not None)
+    return f"{CONFIG_SUBDIR}/resume-{stamp}" if resumed else CONFIG_SUBDIR
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def resumed_overrides(run: Path, current: list[str]) -> list[str]:
+    """The run's recorded command-line overrides (its first start), then this start's own."""
+    recorded_file = run / CONFIG_SUBDIR / "overrides.yaml"
+    if not recorded_file.is_file():
+        log.warning("%s is missing: resuming with this command line's configuration only.", recorded_file)
+        recorded: list[str] = []
+    else:
+        recorded = [str(o) for o in OmegaConf.load(recorded_file)]
+    carried = [o for o in recorded if _key(o) not in RESUME_KEYS]
+    return carried + list(current)
+
+
+def compose_resumed(run: Path, config_name: str = "train") -> tuple[DictConfig, list[str]]:
+    """The configuration of the run being resumed, with this command line's overrides on top (and the
+    list of overrides that made it)."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    current = [str(o) for o in HydraConfig.get().overrides.task]
+    overrides = resumed_overrides(run, current)
+    composed = compose(config_name=config_name, overrides=overrides)
+    OmegaConf.set_struct(composed, False)
+    composed.ckpt_path = str(run / "checkpoints" / LAST_CHECKPOINT)
+    composed.resume = str(run)
+    OmegaConf.set_struct(composed, True)
+    log.info("Resuming %s with overrides %s", run, overrides)
+    return composed, overrides
