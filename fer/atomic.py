@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import logging
 import os
 import uuid
@@ -40,7 +41,7 @@ def write_failure_hint(error: OSError) -> str:
         return "free some space there (or set paths.log_dir=<folder on another disk>) and run again"
     if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return "make the folder writable or set paths.log_dir=<writable folder>, and run again"
-    return "check the folder and run again"
+    return "check that the folder can be created and written, or set paths.log_dir=<writable folder>, and run again"
 
 
 @contextlib.contextmanager
@@ -78,10 +79,14 @@ def atomic_write_text(path: str | Path, text: str, what: str = "file") -> Path:
 
 
 def atomic_save(obj: Any, path: str | Path, what: str = "checkpoint", save: Callable | None = None) -> None:
-    """``torch.save`` (or ``save(obj, file)``) to a temporary file, then rename over ``path``."""
+    """``torch.save`` (or ``save(obj, file)``) into memory, then the bytes to a temporary file renamed over
+    ``path``. (Serializing into memory first keeps the file system's own error: torch's zip writer turns a
+    failed write into an unspecific RuntimeError.)"""
     if save is None:
         import torch
 
         save = torch.save
+    buffer = io.BytesIO()
+    save(obj, buffer)
     with atomic_open(path, "wb", what) as handle:
-        save(obj, handle)
+        handle.write(buffer.getbuffer())

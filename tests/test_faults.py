@@ -1,0 +1,268 @@
+"""Faults a long run must survive, through the real entry point: kill -9 and resume, NaN loss, failing sweep
+jobs, interrupted Optuna studies, unwritable folders; and the same seed giving the same run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, run_dirs, run_fer
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+pytestmark = pytest.mark.slow
+
+# 56 training images in batches of 16: 4 steps per epoch, 3 epochs; last.ckpt after every step
+RUN = [*TINY, "trainer.max_epochs=3", "callbacks.model_checkpoint.every_n_train_steps=1", "optimizer.lr=0.01"]
+
+
+def train_args(data: Path, *extra: str) -> list[str]:
+    return ["data=mmafedb", f"data.data_dir={data}", *RUN, *extra]
+
+
+def check(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
+    return result
+
+
+def metrics(run: Path) -> dict[str, float]:
+    return json.loads((run / "metrics.json").read_text())["metrics"]
+
+
+def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def scalars(run: Path, tag: str) -> list[tuple[int, float]]:
+    accumulator = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return [(event.step, event.value) for event in accumulator.Scalars(tag)]
+
+
+def checkpoint_step(path: Path) -> int | None:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+    except Exception:  # not written yet
+        return None
+
+
+def train_and_kill(data: Path, outputs: Path, after_step: int) -> Path:
+    """Start a run, and kill -9 it once its last.ckpt holds at least ``after_step`` steps (the process
+    goes on training meanwhile, so the kill lands wherever the run is by then)."""
+    env = {**os.environ, "FER_OUTPUT_DIR": str(outputs), "PYTHONWARNINGS": "ignore"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fer.train", *train_args(data)],
+        env=env,
+        cwd=outputs,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            found = list((outputs / "train" / "runs").glob("*/checkpoints/last.ckpt"))
+            step = checkpoint_step(found[0]) if found else None
+            if step is not None and step >= after_step:
+                os.kill(process.pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    (run,) = run_dirs(outputs)
+    return run
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    outputs = tmp_path_factory.mktemp("uninterrupted")
+    check(run_fer("fer.train", *train_args(tiny_data), outputs=outputs))
+    (run,) = run_dirs(outputs)
+    return run
+
+
+def assert_same_run(run: Path, reference: Path, exact: bool = False) -> None:
+    expected, got = metrics(reference), metrics(run)
+    assert set(got) == set(expected)
+    for name, value in expected.items():
+        if exact:
+            assert got[name] == value, name
+        else:
+            assert got[name] == pytest.approx(value, abs=1e-6), name
+    mine, theirs = (
+        weights(run / "checkpoints" / "last.ckpt"),
+        weights(reference / "checkpoints" / "last.ckpt"),
+    )
+    assert mine.keys() == theirs.keys()
+    for key in theirs:
+        if exact:
+            assert torch.equal(mine[key], theirs[key]), key
+        else:
+            torch.testing.assert_close(mine[key], theirs[key], rtol=0, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize(
+    ("kill_after", "how"),
+    [(5, "resume"), (2, "ckpt_path")],
+    ids=["mid-epoch-1-resume", "mid-epoch-0-ckpt_path"],
+)
+def test_killed_run_resumes_in_its_folder_to_the_same_result(
+    kill_after, how, tiny_data, tmp_path, uninterrupted
+):
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    run = train_and_kill(tiny_data, outputs, kill_after)
+    assert not (run / "metrics.json").exists()
+    target = f"resume={run}" if how == "resume" else f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"
+    # no other override: the run's recorded configuration is used again
+    check(run_fer("fer.train", target, outputs=outputs))
+
+    assert run_dirs(outputs) == [run]  # continued in place, no new run folder
+    assert_same_run(run, uninterrupted)
+    # one TensorBoard history: each epoch's validation logged once, at the steps of the uninterrupted run
+    for tag in ("val/acc", "train/loss"):
+        assert scalars(run, tag) == pytest.approx(scalars(uninterrupted, tag), abs=1e-6)
+    # each start kept its own configuration record; nothing half-written remains
+    (resumed,) = (run / ".hydra").glob("resume-*")
+    assert (resumed / "run_info.json").is_file() and (run / ".hydra" / "run_info.json").is_file()
+    assert json.loads((resumed / "run_info.json").read_text())["resumed_from"].endswith("last.ckpt")
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+
+
+def test_same_seed_gives_identical_metrics_and_weights(tiny_data, tmp_path, uninterrupted):
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    check(run_fer("fer.train", *train_args(tiny_data), outputs=outputs))
+    (run,) = run_dirs(outputs)
+    assert_same_run(run, uninterrupted, exact=True)
+    # and a different seed gives a different run (the test can tell runs apart)
+    other = tmp_path / "other"
+    other.mkdir()
+    check(run_fer("fer.train", *train_args(tiny_data, "seed=7"), outputs=other))
+    (run7,) = run_dirs(other)
+    first = next(iter(weights(run7 / "checkpoints" / "last.ckpt")))
+    assert not torch.equal(
+        weights(run7 / "checkpoints" / "last.ckpt")[first], weights(run / "checkpoints" / "last.ckpt")[first]
+    )
+
+
+def test_run_folder_records_config_overrides_versions_and_commit(uninterrupted):
+    record = uninterrupted / ".hydra"
+    resolved = (record / "config_resolved.yaml").read_text()
+    assert "${" not in resolved and "every_n_train_steps: 1" in resolved
+    info = json.loads((record / "run_info.json").read_text())
+    assert "callbacks.model_checkpoint.every_n_train_steps=1" in info["overrides"]
+    assert info["packages"]["torch"] == metadata.version("torch")
+    assert info["packages"]["lightning"] == metadata.version("lightning") and info["packages"]["python"]
+    assert info["seed"] == 42
+    git = info["git"]
+    assert git["commit"] is None or (len(git["commit"]) == 40 and isinstance(git["dirty"], bool))
+
+
+def test_nan_loss_stops_naming_step_and_learning_rate_and_keeps_finite_checkpoints(tiny_data, outputs):
+    result = run_fer("fer.train", *train_args(tiny_data, "optimizer.lr=1e6"), outputs=outputs)
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("fer: error:")]
+    assert "The training loss became nan at step" in line and "optimizer.lr=1000000.0" in line
+    assert "lower optimizer.lr" in line
+    (run,) = run_dirs(outputs)
+    last = weights(run / "checkpoints" / "last.ckpt")
+    assert all(torch.isfinite(t).all() for t in last.values() if t.is_floating_point())
+
+
+def test_grid_sweep_runs_every_job_and_ends_with_a_summary_of_failures(tiny_data, outputs):
+    result = run_fer(
+        "fer.train",
+        "-m",
+        *train_args(tiny_data, "trainer.max_epochs=1", "optimizer.lr=1e6,0.001"),
+        outputs=outputs,
+    )
+    assert result.returncode != 0  # a sweep with a failed job fails, after running all of them
+    (sweep,) = sorted((outputs / "train" / "multiruns").iterdir())
+    jobs = json.loads((sweep / "summary.json").read_text())
+    assert [(job["job"], job["status"]) for job in jobs] == [(0, "failed"), (1, "completed")]
+    assert jobs[0]["error"].startswith("NonFiniteLossError: The training loss became nan at step")
+    assert (sweep / jobs[1]["folder"] / "metrics.json").is_file()
+    summary = (sweep / "summary.md").read_text()
+    assert "2 jobs, 1 completed, 1 failed" in summary and "2 jobs, 1 completed, 1 failed" in result.stderr
+
+
+def finished_trials(database: Path) -> list[str]:
+    with sqlite3.connect(database) as connection:
+        return [state for (state,) in connection.execute("SELECT state FROM trials ORDER BY number")]
+
+
+def test_optuna_study_in_sqlite_resumes_after_the_sweep_is_killed(tiny_data, outputs):
+    database = outputs / "studies" / "fer.db"
+    args = [
+        "hparams_search=optuna",
+        "hparams_search.n_trials=3",
+        f"hparams_search.storage={database}",
+        *["data=mmafedb", f"data.data_dir={tiny_data}", *TINY, "trainer.max_epochs=1"],
+    ]
+    env = {**os.environ, "FER_OUTPUT_DIR": str(outputs), "PYTHONWARNINGS": "ignore"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fer.train", *args], env=env, cwd=outputs, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            if database.is_file() and finished_trials(database).count("COMPLETE") >= 1:
+                os.kill(process.pid, signal.SIGKILL)
+                break
+            time.sleep(0.1)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    before = finished_trials(database)
+    assert before.count("COMPLETE") in (1, 2) and len(before) <= 3
+
+    result = check(run_fer("fer.train", *args, outputs=outputs))
+    assert "trials finished" in result.stdout + result.stderr
+    after = finished_trials(database)
+    assert after.count("COMPLETE") == 3  # the interrupted trial was run again, nothing more
+    with sqlite3.connect(database) as connection:
+        params = connection.execute(
+            "SELECT trial_id, param_value FROM trial_params WHERE param_name = 'optimizer.lr'"
+        ).fetchall()
+    assert len({value for _, value in params}) == len(params)  # no trial repeated a stored one
+
+
+def test_unwritable_output_folder_is_one_clear_error(tiny_data, tmp_path, outputs):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the output folder should be")
+    result = run_fer(
+        "fer.train", *train_args(tiny_data), outputs=outputs, env={"FER_OUTPUT_DIR": str(blocker / "outputs")}
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("fer: error:")]
+    assert "Cannot write to the output folder" in line and str(blocker) in line and "paths.log_dir" in line
+
+
+def test_checkpoint_that_does_not_fit_is_one_clear_error(tiny_data, outputs):
+    # a file-size limit makes writing the ~10 MB checkpoint fail the way a full disk does (the OS refuses)
+    limit = "import resource, signal, runpy, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+    limit += "resource.setrlimit(resource.RLIMIT_FSIZE, (2_000_000, 2_000_000)); "
+    limit += "sys.argv = ['fer.train'] + sys.argv[1:]; runpy.run_module('fer.train', run_name='__main__')"
+    env = {**os.environ, "FER_OUTPUT_DIR": str(outputs), "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(
+        [sys.executable, "-c", limit, *train_args(tiny_data, "trainer.max_epochs=1")],
+        env=env, cwd=outputs, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("fer: error:")]
+    assert "Cannot write the checkpoint" in line and "File too large" in line
+    (run,) = run_dirs(outputs)
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.endswith(".tmp")]
