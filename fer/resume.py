@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from fer.atomic import write_failure_hint
+from fer.errors import FERError
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,8 @@ def resumed_overrides(run: Path, current: list[str]) -> list[str]:
         recorded: list[str] = []
     else:
         recorded = [str(o) for o in OmegaConf.load(recorded_file)]
-    carried = [o for o in recorded if _key(o) not in RESUME_KEYS]
+    given_now = {_key(o) for o in current}
+    carried = [o for o in recorded if _key(o) not in RESUME_KEYS and _key(o) not in given_now]
     return carried + list(current)
 
 
@@ -123,7 +125,13 @@ def compose_resumed(run: Path, config_name: str = "train") -> tuple[DictConfig, 
 
     current = [str(o) for o in HydraConfig.get().overrides.task]
     overrides = resumed_overrides(run, current)
-    composed = compose(config_name=config_name, overrides=overrides)
+    try:
+        composed = compose(config_name=config_name, overrides=overrides)
+    except Exception as error:
+        raise FERError(
+            f"Cannot rebuild the configuration of {run} from its recorded overrides plus this command's "
+            f"({overrides}): {error}"
+        ) from None
     OmegaConf.set_struct(composed, False)
     composed.ckpt_path = str(run / "checkpoints" / LAST_CHECKPOINT)
     composed.resume = str(run)

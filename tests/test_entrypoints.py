@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -116,21 +117,24 @@ def test_checkpoint_alone_gives_a_model_that_predicts(trained, tiny_data):
 
 
 def test_resume_from_last_checkpoint_continues_at_the_next_epoch(trained, tiny_data, tmp_path):
-    last = trained / "checkpoints" / "last.ckpt"
-    before = torch.load(last, map_location="cpu", weights_only=True)
+    # a copy of the run folder: resuming continues a run in its own folder
     outputs = tmp_path / "resume"
-    outputs.mkdir()
+    run = outputs / "train" / "runs" / trained.name
+    shutil.copytree(trained, run)
+    last = run / "checkpoints" / "last.ckpt"
+    before = torch.load(last, map_location="cpu", weights_only=True)
     check(
         run_fer(
             "fer.train", *tiny_args(tiny_data, "trainer.max_epochs=3", f"ckpt_path={last}"), outputs=outputs
         )
     )
-    (run,) = run_dirs(outputs)
-    after = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert run_dirs(outputs) == [run]
+    after = torch.load(last, map_location="cpu", weights_only=True)
     steps_per_epoch = before["global_step"] // 2
     assert (before["epoch"], after["epoch"]) == (1, 2)
     assert after["global_step"] == before["global_step"] + steps_per_epoch
-    assert len(events(run).Scalars("val/acc")) == 1  # only the third epoch ran
+    # one validation per epoch in the run's single TensorBoard history: two from the first start, one now
+    assert len(events(run).Scalars("val/acc")) == 3
 
 
 def test_grid_multirun_gives_each_job_its_folder_checkpoint_and_logs(tiny_data, outputs):
