@@ -142,10 +142,14 @@ def build_trainer(
         if isinstance(entry, Mapping) and entry.get("_target_"):
             log.debug("Instantiating logger %s <%s>", name, entry._target_)
             tensorboard = entry._target_.rsplit(".", 1)[-1] == "TensorBoardLogger"
-            extra = {"purge_step": resume_step} if tensorboard and resume_step else {}
-            loggers.append(instantiate(entry, **extra))
-    plugins = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, **plugins)
+            purge = {"purge_step": resume_step} if tensorboard and resume_step else {}
+            loggers.append(instantiate(entry, **purge))
+    extra: dict[str, Any] = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
+    if cfg.trainer.get("deterministic") and cfg.trainer.get("benchmark"):
+        # cuDNN's benchmark mode picks algorithms by timing them, which deterministic mode must not do
+        log.info("trainer.deterministic: cuDNN benchmark mode off")
+        extra["benchmark"] = False
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, **extra)
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

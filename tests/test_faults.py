@@ -266,3 +266,21 @@ def test_checkpoint_that_does_not_fit_is_one_clear_error(tiny_data, outputs):
     assert "Cannot write the checkpoint" in line and "File too large" in line
     (run,) = run_dirs(outputs)
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_deterministic_mode_trains_and_repeats_exactly(tiny_data, tmp_path):
+    runs = []
+    for name in ("first", "second"):
+        outputs = tmp_path / name
+        outputs.mkdir()
+        result = check(
+            run_fer(
+                "fer.train",
+                *train_args(tiny_data, "trainer.max_epochs=1", "trainer.deterministic=true"),
+                outputs=outputs,
+            )
+        )
+        assert "global average pooling computed as a mean" in result.stdout + result.stderr
+        (run,) = run_dirs(outputs)
+        runs.append(run)
+    assert_same_run(runs[1], runs[0], exact=True)

@@ -44,6 +44,27 @@ DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3, "weight_decay"
 SCHEDULER_KEYS = ("interval", "frequency", "monitor")
 
 
+class GlobalAvgPool(torch.nn.Module):
+    """``AdaptiveAvgPool2d(1)`` as a mean over height and width: the same numbers, and a backward pass that
+    CUDA computes deterministically (adaptive pooling's backward has no deterministic CUDA kernel, so
+    ``torch.use_deterministic_algorithms`` refuses it)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=(-2, -1), keepdim=True)
+
+
+def use_mean_pooling(model: torch.nn.Module) -> int:
+    """Replace every ``AdaptiveAvgPool2d(1)`` (classifier and squeeze-excitation blocks) by
+    :class:`GlobalAvgPool`; no weights change. Returns how many were replaced."""
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.AdaptiveAvgPool2d) and child.output_size in (1, (1, 1)):
+                setattr(parent, name, GlobalAvgPool())
+                replaced += 1
+    return replaced
+
+
 def _eval_metrics(num_classes: int) -> MetricCollection:
     return MetricCollection(
         {
@@ -136,6 +157,12 @@ class FERModule(LightningModule):
         return instantiate(spec, weight=class_weights)
 
     def setup(self, stage: str) -> None:
+        if torch.are_deterministic_algorithms_enabled() and use_mean_pooling(self.model):
+            # trainer.deterministic=true: CUDA has no deterministic backward for adaptive average pooling
+            self.__dict__["frozen_parts"] = None
+            log.info(
+                "trainer.deterministic: global average pooling computed as a mean (deterministic backward)"
+            )
         if self.hparams.loss.get("class_weights") == "balanced":
             datamodule = getattr(self.trainer, "datamodule", None)
             counts = getattr(datamodule, "train_class_counts", None)

@@ -90,3 +90,19 @@ def test_optuna_storage_accepts_urls_and_file_paths(tmp_path: Path):
     assert optuna_storage("postgresql://host/db") == "postgresql://host/db"
     url = optuna_storage(tmp_path / "studies" / "fer.db")
     assert url == f"sqlite:///{tmp_path / 'studies' / 'fer.db'}" and (tmp_path / "studies").is_dir()
+
+
+def test_mean_pooling_replaces_adaptive_pooling_with_the_same_outputs():
+    from fer.models.backbone import build_backbone
+    from fer.models.module import GlobalAvgPool, use_mean_pooling
+
+    torch.manual_seed(0)
+    model = build_backbone("mobilenet_v3_small", 7, False, None).eval()
+    x = torch.randn(2, 3, 64, 64)
+    before = model(x)
+    assert use_mean_pooling(model) == 10  # the classifier's pooling and 9 squeeze-excitation blocks
+    assert not any(isinstance(m, torch.nn.AdaptiveAvgPool2d) for m in model.modules())
+    assert sum(isinstance(m, GlobalAvgPool) for m in model.modules()) == 10
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-6)
+    model.train()
+    model(x).sum().backward()  # a backward pass without adaptive pooling
