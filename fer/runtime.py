@@ -43,9 +43,13 @@ def report_user_errors() -> Iterator[None]:
         message = user_message(error)
         if _in_multirun():
             log.error(message)
-            # the sweeper records the job as failed and goes on; the traceback would only show library
-            # frames between here and the cause, so it starts here
-            raise error.with_traceback(None) from None
+            # the sweeper records the job as failed and goes on; a new exception of the same type, so that
+            # the traceback Hydra prints starts here instead of listing every library frame to the cause
+            try:
+                short = type(error)(*error.args)
+            except Exception:
+                short = FERError(message)
+            raise short from None
         _log_to_files(message)
         print(f"fer: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
