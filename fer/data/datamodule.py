@@ -19,10 +19,19 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
 
+from fer.atomic import atomic_write_text
 from fer.config import plain
 from fer.data.batch_transforms import BatchAugmentation
 from fer.data.layout import CLASS_NAMES, SPLITS, SplitIndex, check_data_dir, index_split
-from fer.data.packed import PackedBatches, PackedSplit, derive_seed, pack_split
+from fer.data.packed import (
+    BadImage,
+    PackedBatches,
+    PackedSplit,
+    check_bad_image_mode,
+    derive_seed,
+    find_bad_images,
+    pack_split,
+)
 from fer.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -33,12 +42,14 @@ from fer.data.transforms import (
     load_image,
     to_model_input,
 )
-from fer.errors import FERError
+from fer.errors import DataLayoutError, FERError
 
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("random", "balanced")
 PACKED_DEVICES = ("auto", "cpu")
+# in the run folder (the Trainer's default_root_dir): the images left out with data.on_bad_image=skip
+SKIPPED_IMAGES_FILE = "skipped_images.txt"
 STAGE_SPLITS = {"fit": ("train", "valid"), "validate": ("valid",), "test": ("test",), "predict": ("test",)}
 
 
@@ -89,8 +100,10 @@ class FERDataModule(LightningDataModule):
         feature_cache_views: int = 1,
         seed: int = 0,
         drop_last: bool = False,
+        on_bad_image: str = "skip",
     ) -> None:
         super().__init__()
+        check_bad_image_mode(on_bad_image)
         if sampler not in SAMPLERS:
             raise FERError(f"data.sampler={sampler!r} is not one of {list(SAMPLERS)}.")
         if packed_device not in PACKED_DEVICES:
@@ -120,6 +133,9 @@ class FERDataModule(LightningDataModule):
         self.feature_cache_views = int(feature_cache_views)
         self.seed = int(seed)
         self.drop_last = bool(drop_last)
+        self.on_bad_image = on_bad_image
+        # split -> (path, reason) of the files that could not be decoded and were left out
+        self.skipped: dict[str, tuple[BadImage, ...]] = {}
         self.batch_size_per_device = self.batch_size
         self.indexes: dict[str, SplitIndex] = {}
         self.packs: dict[str, PackedSplit] = {}
@@ -150,6 +166,7 @@ class FERDataModule(LightningDataModule):
                 "feature_cache_views": self.feature_cache_views,
                 "seed": self.seed,
                 "drop_last": self.drop_last,
+                "on_bad_image": self.on_bad_image,
             }
         )
         self.datasets: dict[str, ImageFolderDataset] = {}
@@ -173,12 +190,7 @@ class FERDataModule(LightningDataModule):
             if split in self.datasets or split in self.packs:
                 continue
             index = self.split_index(split)
-            log.info("%s: %d images in %s, per class %s", split, len(index), index.root, index.class_counts())
             if self.packed:
-                show = getattr(self.trainer, "is_global_zero", True)
-                self.packs[split] = pack_split(
-                    index, self.cache_dir, self.pack_size, self.preprocessing.grayscale, progress=show
-                )
                 continue
             transform = (
                 build_train_transform(self.preprocessing, self.augmentation)
@@ -186,12 +198,89 @@ class FERDataModule(LightningDataModule):
                 else build_eval_transform(self.preprocessing)
             )
             self.datasets[split] = ImageFolderDataset(index, transform, self.preprocessing.grayscale)
+        if any(self.skipped.values()):
+            self._write_skipped_list()
 
     def split_index(self, split: str) -> SplitIndex:
-        """The file list of a split (indexed on first use)."""
-        if split not in self.indexes:
-            self.indexes[split] = index_split(self.data_dir, split, self.class_names)
-        return self.indexes[split]
+        """The readable files of a split, indexed and decoded once on first use (packed: into the pack;
+        otherwise a check whose result is cached); unreadable ones are left out or stop the run
+        (``on_bad_image``)."""
+        if split in self.indexes:
+            return self.indexes[split]
+        index = index_split(self.data_dir, split, self.class_names)
+        show = getattr(self.trainer, "is_global_zero", True)
+        grayscale = self.preprocessing.grayscale
+        if self.packed:
+            pack = pack_split(
+                index,
+                self.cache_dir,
+                self.pack_size,
+                grayscale,
+                progress=show,
+                on_bad_image=self.on_bad_image,
+            )
+            self.packs[split] = pack
+            skipped = pack.skipped
+        else:
+            skipped = find_bad_images(
+                index, self.cache_dir, grayscale, progress=show, on_bad_image=self.on_bad_image
+            )
+        if skipped:
+            index = index.without({path for path, _ in skipped})
+            self.skipped[split] = skipped
+            if show:
+                self._warn_skipped(split, skipped, len(index) + len(skipped))
+        self._check_class_counts(index, skipped)
+        log.info(
+            "%s: %d images in %s, per class %s%s",
+            split, len(index), index.root, index.class_counts(),
+            f" ({len(skipped)} unreadable left out)" if skipped else "",
+        )  # fmt: skip
+        self.indexes[split] = index
+        return index
+
+    def _check_class_counts(self, index: SplitIndex, skipped: Sequence[BadImage]) -> None:
+        """Train needs images of every class; valid/test without any of a class (not missing) warn."""
+        empty = [
+            name
+            for name, count in zip(self.class_names, index.class_counts(), strict=True)
+            if count == 0 and name not in index.missing
+        ]
+        if not empty:
+            return
+        why = "all of them unreadable" if skipped else "empty folder"
+        if index.split == "train":
+            raise DataLayoutError(
+                f"No readable training images of class(es) {empty} in {index.root} ({why}): every class needs "
+                "training images. Add images to those class folders."
+            )
+        log.warning(
+            "%s: no readable images of class(es) %s in %s (%s); the metrics still cover all %d classes.",
+            index.split, empty, index.root, why, len(self.class_names),
+        )  # fmt: skip
+
+    def _warn_skipped(self, split: str, skipped: Sequence[BadImage], total: int) -> None:
+        shown = "; ".join(f"{path} ({reason})" for path, reason in skipped[:3])
+        more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+        where = self._skipped_list_path()
+        log.warning(
+            "%s: %d of %d images cannot be read and are left out (data.on_bad_image=skip): %s%s. %s",
+            split, len(skipped), total, shown, more,
+            f"The full list is in {where}." if where else "",
+        )  # fmt: skip
+
+    def _skipped_list_path(self) -> Path | None:
+        """``skipped_images.txt`` in the run folder (the Trainer's ``default_root_dir``); none without one."""
+        root = getattr(self.trainer, "default_root_dir", None)
+        return Path(root) / SKIPPED_IMAGES_FILE if root else None
+
+    def _write_skipped_list(self) -> None:
+        """Every image left out so far, one per line: ``<path><TAB><reason>``, by split."""
+        path = self._skipped_list_path()
+        if path is None or not getattr(self.trainer, "is_global_zero", True):
+            return
+        lines = [f"{file}\t{reason}\n" for split in SPLITS for file, reason in self.skipped.get(split, ())]
+        atomic_write_text(path, "".join(lines), "the list of skipped images")
 
     @property
     def train_class_counts(self) -> list[int]:

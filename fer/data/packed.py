@@ -17,7 +17,7 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from fer.data.layout import SplitIndex
-from fer.data.transforms import load_image
+from fer.data.transforms import DECODE_ERRORS, BadImageError, load_image
 from fer.errors import DataLayoutError, FERError
 from fer.system import available_cores
 
@@ -40,43 +40,56 @@ SERIAL_LIMIT = 2000  # below this many images, decoding in this process beats st
 CHUNK = 512
 
 
+ON_BAD_IMAGE = ("skip", "error")
+SKIPPED_FILE = "skipped.json"  # in a pack folder: the files left out of it, by position in the split
+
+# (path, reason) of a file that could not be decoded
+BadImage = tuple[str, str]
+
+
 @dataclass(frozen=True)
 class PackedSplit:
-    """A decoded split: ``images`` uint8 ``(N, C, H, W)`` and ``labels`` int64 ``(N,)``, CPU or device."""
+    """A decoded split: ``images`` uint8 ``(N, C, H, W)`` and ``labels`` int64 ``(N,)``, CPU or device.
+
+    ``skipped``: the split's files that could not be decoded, left out of ``images`` and ``labels``."""
 
     split: str
     images: torch.Tensor
     labels: torch.Tensor
     key: str
+    skipped: tuple[BadImage, ...] = ()
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def to(self, device: torch.device | str) -> PackedSplit:
-        return PackedSplit(self.split, self.images.to(device), self.labels.to(device), self.key)
+        return PackedSplit(self.split, self.images.to(device), self.labels.to(device), self.key, self.skipped)
 
 
 def native_size(paths: Sequence[str | Path], sample: int = 256) -> int:
-    """The most common image side among the first ``sample`` files (read from headers only)."""
+    """The most common image side among the first ``sample`` readable files (read from headers only)."""
     sizes: Counter[tuple[int, int]] = Counter()
-    for path in paths[:sample]:
+    for path in paths:
         try:
             with Image.open(path) as image:
                 sizes[image.size] += 1
-        except OSError:
+        except DECODE_ERRORS:
             continue
+        if sizes.total() >= sample:
+            break
     if not sizes:
         raise DataLayoutError(
-            f"None of the first {sample} images under {paths[0].parent.parent} can be read."
+            f"None of the {len(paths)} images under {Path(paths[0]).parent.parent} can be read: "
+            "replace them with image files."
         )
     (width, height), _ = sizes.most_common(1)[0]
     return max(width, height)
 
 
-def pack_key(index: SplitIndex, size: int, grayscale: bool) -> str:
-    """A digest of everything the pack depends on: file names, sizes, mtimes, labels, size and colour mode."""
-    digest = hashlib.sha256(json.dumps([PACK_FORMAT, size, grayscale, index.class_names]).encode())
-    fingerprints = index.fingerprints or [(p.stat().st_size, p.stat().st_mtime_ns) for p in index.paths]
+def _file_list_key(index: SplitIndex, recipe: list) -> str:
+    """A digest of ``recipe`` and the split's files: names, sizes, mtimes and labels (not the folder)."""
+    digest = hashlib.sha256(json.dumps(recipe).encode())
+    fingerprints = index.fingerprints or [(os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in index.paths]
     names = index.class_names
     lines = [
         f"{names[label]}/{os.path.basename(path)}\0{nbytes}\0{mtime}\n"
@@ -84,6 +97,38 @@ def pack_key(index: SplitIndex, size: int, grayscale: bool) -> str:
     ]
     digest.update("".join(lines).encode())
     return digest.hexdigest()[:20]
+
+
+def pack_key(index: SplitIndex, size: int, grayscale: bool) -> str:
+    """A digest of everything the pack depends on: file names, sizes, mtimes, labels, size and colour mode."""
+    return _file_list_key(index, [PACK_FORMAT, size, grayscale, index.class_names])
+
+
+def check_bad_image_mode(on_bad_image: str) -> None:
+    if on_bad_image not in ON_BAD_IMAGE:
+        raise FERError(
+            f"data.on_bad_image={on_bad_image!r} is not one of {list(ON_BAD_IMAGE)}: skip leaves unreadable "
+            "images out (listed in the run folder), error stops at the first."
+        )
+
+
+def bad_images_error(index: SplitIndex, bad: Sequence[BadImage]) -> DataLayoutError:
+    """One message naming the unreadable files of a split (the first few) and the two ways on."""
+    shown = "; ".join(f"{path} ({reason})" for path, reason in bad[:3])
+    more = f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
+    return DataLayoutError(
+        f"Cannot read {len(bad)} image(s) in {index.root}: {shown}{more}. Replace or delete the file(s), or "
+        "set data.on_bad_image=skip to leave them out (they are then listed in skipped_images.txt in the run "
+        "folder)."
+    )
+
+
+def _no_readable_images(index: SplitIndex, bad: Sequence[BadImage]) -> DataLayoutError:
+    path, reason = bad[0]
+    return DataLayoutError(
+        f"None of the {len(index)} images in {index.root} can be read (the first: {path}: {reason}). "
+        "Replace them with image files."
+    )
 
 
 def _decode(path: str | Path, size: int, grayscale: bool) -> np.ndarray:
@@ -95,56 +140,118 @@ def _decode(path: str | Path, size: int, grayscale: bool) -> np.ndarray:
 
 
 def _decode_chunk(
-    array_path: str, paths: Sequence[str | Path], start: int, size: int, grayscale: bool
-) -> int:
-    """Decode ``paths`` into rows ``start...`` of the pack file (each worker writes its own rows)."""
+    paths: Sequence[str | Path], start: int, array_path: str, size: int, grayscale: bool
+) -> list[tuple[int, str]]:
+    """Decode ``paths`` into rows ``start...`` of the pack file (each worker writes its own rows); returns
+    the (row, reason) of the files that cannot be decoded (their rows stay zero)."""
     images = np.load(array_path, mmap_mode="r+")
+    bad: list[tuple[int, str]] = []
     for offset, path in enumerate(paths):
-        images[start + offset] = _decode(path, size, grayscale)
+        try:
+            images[start + offset] = _decode(path, size, grayscale)
+        except BadImageError as error:
+            bad.append((start + offset, error.reason))
     images.flush()
-    return len(paths)
+    return bad
+
+
+def _check_chunk(paths: Sequence[str | Path], start: int, grayscale: bool) -> list[tuple[int, str]]:
+    """Decode ``paths`` (and drop the pixels); the (position, reason) of the files that cannot be decoded."""
+    bad: list[tuple[int, str]] = []
+    for offset, path in enumerate(paths):
+        try:
+            load_image(path, grayscale)
+        except BadImageError as error:
+            bad.append((start + offset, error.reason))
+    return bad
+
+
+def _over_chunks(
+    index: SplitIndex, task: Callable, args: tuple, workers: int, desc: str, progress: bool
+) -> list[tuple[int, str]]:
+    """``task(paths, start, *args)`` over the split in chunks (forked worker processes for big splits);
+    the sorted (position, reason) of every file that could not be decoded."""
+    chunks = [(start, index.paths[start : start + CHUNK]) for start in range(0, len(index), CHUNK)]
+    bad: list[tuple[int, str]] = []
+    bar = tqdm(total=len(index), desc=desc, unit="img", disable=not progress, leave=False)
+    with bar:
+        if workers < 2 or len(index) < SERIAL_LIMIT:
+            for start, paths in chunks:
+                bad += task(paths, start, *args)
+                bar.update(len(paths))
+        else:
+            # fork: workers inherit the imported modules instead of re-importing torch and Lightning
+            fork = "fork" in multiprocessing.get_all_start_methods()
+            context = multiprocessing.get_context("fork") if fork else None
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                futures = {pool.submit(task, paths, start, *args): len(paths) for start, paths in chunks}
+                for future in as_completed(futures):
+                    bad += future.result()
+                    bar.update(futures[future])
+    return sorted(bad)
 
 
 def _write_pack(
     index: SplitIndex, folder: Path, size: int, grayscale: bool, workers: int, progress: bool
 ) -> None:
+    """Decode the split into ``folder``; files that cannot be decoded are left out (and listed in it)."""
     channels = 1 if grayscale else 3
     tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
     try:
         array_path = str(tmp / "images.npy")
-        images = np.lib.format.open_memmap(
-            array_path, mode="w+", dtype=np.uint8, shape=(len(index), channels, size, size)
-        )
-        del images
-        chunks = [(start, index.paths[start : start + CHUNK]) for start in range(0, len(index), CHUNK)]
-        bar = tqdm(
-            total=len(index), desc=f"packing {index.split}", unit="img", disable=not progress, leave=False
-        )
-        with bar:
-            if workers < 2 or len(index) < SERIAL_LIMIT:
-                for start, paths in chunks:
-                    bar.update(_decode_chunk(array_path, paths, start, size, grayscale))
-            else:
-                # fork: workers inherit the imported modules instead of re-importing torch and Lightning
-                fork = "fork" in multiprocessing.get_all_start_methods()
-                context = multiprocessing.get_context("fork") if fork else None
-                with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                    futures = [
-                        pool.submit(_decode_chunk, array_path, paths, start, size, grayscale)
-                        for start, paths in chunks
-                    ]
-                    for future in as_completed(futures):
-                        bar.update(future.result())
-        np.save(tmp / "labels.npy", np.asarray(index.labels, dtype=np.int64))
-        meta = {"format": PACK_FORMAT, "split": index.split, "root": str(index.root), "count": len(index)}
-        (tmp / "pack.json").write_text(json.dumps({**meta, "size": size, "grayscale": grayscale}) + "\n")
+        shape = (len(index), channels, size, size)
+        np.lib.format.open_memmap(array_path, mode="w+", dtype=np.uint8, shape=shape).flush()
+        args = (array_path, size, grayscale)
+        bad = _over_chunks(index, _decode_chunk, args, workers, f"packing {index.split}", progress)
+        labels = np.asarray(index.labels, dtype=np.int64)
+        if bad:
+            if len(bad) == len(index):
+                raise _no_readable_images(index, [(index.paths[i], reason) for i, reason in bad])
+            keep = np.setdiff1d(np.arange(len(index)), [i for i, _ in bad])
+            _keep_rows(array_path, keep)
+            labels = labels[keep]
+        np.save(tmp / "labels.npy", labels)
+        names = index.class_names
+        skipped = [
+            {
+                "position": i,
+                "file": f"{names[index.labels[i]]}/{os.path.basename(index.paths[i])}",
+                "reason": r,
+            }
+            for i, r in bad
+        ]
+        (tmp / SKIPPED_FILE).write_text(json.dumps(skipped, indent=1) + "\n")
+        meta = {"format": PACK_FORMAT, "split": index.split, "root": str(index.root), "count": len(labels)}
+        meta.update(skipped=len(bad), size=size, grayscale=grayscale)
+        (tmp / "pack.json").write_text(json.dumps(meta) + "\n")
         tmp.rename(folder)
     finally:
         if tmp.exists():
             for child in tmp.iterdir():
                 child.unlink()
             tmp.rmdir()
+
+
+def _keep_rows(array_path: str, keep: np.ndarray) -> None:
+    """Rewrite the ``.npy`` file at ``array_path`` with only the rows ``keep`` (in blocks: no full copy in RAM)."""
+    full = np.load(array_path, mmap_mode="r")
+    kept_path = f"{array_path}.kept.npy"
+    kept = np.lib.format.open_memmap(
+        kept_path, mode="w+", dtype=full.dtype, shape=(len(keep), *full.shape[1:])
+    )
+    for start in range(0, len(keep), 8192):
+        kept[start : start + 8192] = full[keep[start : start + 8192]]
+    kept.flush()
+    del kept, full
+    os.replace(kept_path, array_path)
+
+
+def _read_skipped(path: Path, index: SplitIndex) -> tuple[BadImage, ...]:
+    """The files a pack (or check) left out, as paths of this index (packs made before skipping: none)."""
+    if not path.is_file():
+        return ()
+    return tuple((index.paths[row["position"]], row["reason"]) for row in json.loads(path.read_text()))
 
 
 def pack_split(
@@ -154,12 +261,16 @@ def pack_split(
     grayscale: bool = True,
     workers: int | None = None,
     progress: bool = True,
+    on_bad_image: str = "skip",
 ) -> PackedSplit:
     """The split decoded into a uint8 pack (made on first use, memory-mapped afterwards).
 
     ``size`` is the side of the stored images; ``None`` keeps the native size of the files (48 for MMAFEDB).
-    Images of another size are resized to it once, at packing time.
+    Images of another size are resized to it once, at packing time. Files that cannot be decoded are left
+    out of the pack and listed in ``PackedSplit.skipped`` (``on_bad_image="skip"``), or raise a
+    :class:`DataLayoutError` naming them (``"error"``, also when the pack was made before).
     """
+    check_bad_image_mode(on_bad_image)
     if len(index) == 0:
         raise DataLayoutError(f"No images to pack in {index.root / index.split}.")
     size = int(size) if size else native_size(index.paths)
@@ -182,10 +293,50 @@ def pack_split(
             "Packed %s: %d images at %dx%d in %.1fs (%.0f images/s) into %s",
             index.split, len(index), size, size, seconds, len(index) / max(seconds, 1e-9), folder,
         )  # fmt: skip
+    skipped = _read_skipped(folder / SKIPPED_FILE, index)
+    if skipped and on_bad_image == "error":
+        raise bad_images_error(index, skipped)
     # copy-on-write mapping: pages are read lazily and the tensors are writable without touching the file
     images = torch.from_numpy(np.load(folder / "images.npy", mmap_mode="c"))
     labels = torch.from_numpy(np.load(folder / "labels.npy"))
-    return PackedSplit(index.split, images, labels, key)
+    return PackedSplit(index.split, images, labels, key, skipped)
+
+
+def find_bad_images(
+    index: SplitIndex,
+    cache_dir: str | Path | None = None,
+    grayscale: bool = True,
+    workers: int | None = None,
+    progress: bool = True,
+    on_bad_image: str = "skip",
+) -> tuple[BadImage, ...]:
+    """The split's files that cannot be decoded (each file decoded once; the result is kept in
+    ``cache_dir``, keyed like a pack by the file list). ``on_bad_image="error"`` raises naming them."""
+    check_bad_image_mode(on_bad_image)
+    key = _file_list_key(index, ["checked", PACK_FORMAT, grayscale, index.class_names])
+    record = Path(cache_dir).expanduser() / f"checked-{index.split}-{key}.json" if cache_dir else None
+    if record is not None and record.is_file():
+        bad = _read_skipped(record, index)
+    else:
+        args = (grayscale,)
+        found = _over_chunks(
+            index, _check_chunk, args, workers or available_cores(), f"checking {index.split}", progress
+        )
+        bad = tuple((index.paths[i], reason) for i, reason in found)
+        if len(bad) == len(index):
+            raise _no_readable_images(index, bad)
+        if record is not None:
+            rows = [{"position": i, "reason": reason} for i, reason in found]
+            try:
+                record.parent.mkdir(parents=True, exist_ok=True)
+                tmp = record.with_name(f".{record.name}.{uuid.uuid4().hex[:8]}.tmp")
+                tmp.write_text(json.dumps(rows, indent=1) + "\n")
+                tmp.replace(record)
+            except OSError as error:
+                log.debug("Could not record the image check in %s: %s", record, error)
+    if bad and on_bad_image == "error":
+        raise bad_images_error(index, bad)
+    return bad
 
 
 def derive_seed(*parts: int) -> int:
