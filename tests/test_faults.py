@@ -54,12 +54,12 @@ def checkpoint_step(path: Path) -> int | None:
         return None
 
 
-def train_and_kill(data: Path, outputs: Path, after_step: int) -> Path:
+def train_and_kill(data: Path, outputs: Path, after_step: int, *extra: str) -> Path:
     """Start a run, and kill -9 it once its last.ckpt holds at least ``after_step`` steps (the process
     goes on training meanwhile, so the kill lands wherever the run is by then)."""
     env = {**os.environ, "FER_OUTPUT_DIR": str(outputs), "PYTHONWARNINGS": "ignore"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "fer.train", *train_args(data)],
+        [sys.executable, "-m", "fer.train", *train_args(data, *extra)],
         env=env,
         cwd=outputs,
         stdout=subprocess.DEVNULL,
@@ -284,3 +284,18 @@ def test_deterministic_mode_trains_and_repeats_exactly(tiny_data, tmp_path):
         (run,) = run_dirs(outputs)
         runs.append(run)
     assert_same_run(runs[1], runs[0], exact=True)
+
+
+def test_per_image_path_resumes_to_the_same_result_whatever_the_workers(tiny_data, tmp_path):
+    """data.packed=false: the order and each image's augmentation come from (seed, epoch, position), so a
+    run loaded by 2 worker processes, killed and resumed, equals one loaded in the main process."""
+    reference_outputs = tmp_path / "reference"
+    reference_outputs.mkdir()
+    check(run_fer("fer.train", *train_args(tiny_data, "data.packed=false"), outputs=reference_outputs))
+    (reference,) = run_dirs(reference_outputs)
+
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    run = train_and_kill(tiny_data, outputs, 6, "data.packed=false", "data.num_workers=2")
+    check(run_fer("fer.train", f"resume={run}", outputs=outputs))
+    assert_same_run(run, reference)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from lightning import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from fer.atomic import atomic_write_text
@@ -32,6 +32,7 @@ from fer.data.packed import (
     find_bad_images,
     pack_split,
 )
+from fer.data.sampling import EpochSampler, ResumableDataLoader
 from fer.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -64,9 +65,16 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """``key``: an index, or ``(index, seed)`` from :class:`EpochSampler`: the random augmentation then
+        draws from that seed, whichever process or worker loads the image."""
+        i, seed = key if isinstance(key, tuple) else (key, None)
         image = load_image(self.index.paths[i], grayscale=self.grayscale)
-        return self.transform(image), self.index.labels[i]
+        if seed is None:
+            return self.transform(image), self.index.labels[i]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), self.index.labels[i]
 
 
 class FERDataModule(LightningDataModule):
@@ -333,18 +341,23 @@ class FERDataModule(LightningDataModule):
             drop_last=train and self.drop_last,
         )
 
-    def _loader(
-        self, split: str, shuffle: bool, sampler: torch.utils.data.Sampler | None = None
-    ) -> DataLoader | PackedBatches:
+    def _loader(self, split: str) -> DataLoader | PackedBatches:
         if self.packed:
             return self._packed_loader(split)
         if split not in self.datasets:
             self.setup({"train": "fit", "valid": "validate", "test": "test"}[split])
-        batch = self.batch_size_per_device if split == "train" else self.eval_batch_size
-        return DataLoader(
-            self.datasets[split],
-            batch_size=batch,
-            shuffle=shuffle if sampler is None else False,
+        train = split == "train"
+        dataset = self.datasets[split]
+        kind, sampler = DataLoader, None
+        if train:
+            # the order and augmentation of epoch e from (seed, e): replayable, resumable mid-epoch
+            kind = ResumableDataLoader
+            sampler = EpochSampler(
+                len(dataset), shuffle=True, seed=self.seed, weights=self._sampler_weights()
+            )
+        return kind(
+            dataset,
+            batch_size=self.batch_size_per_device if train else self.eval_batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -355,23 +368,19 @@ class FERDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader | PackedBatches:
         if self.feature_cache:
             return self._feature_loader("train")
-        weights = None if self.packed else self._sampler_weights()
-        sampler = None
-        if weights is not None:
-            sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True)
-        return self._loader("train", shuffle=True, sampler=sampler)
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader | PackedBatches:
         if self.feature_cache:
             return self._feature_loader("valid")
-        return self._loader("valid", shuffle=False)
+        return self._loader("valid")
 
     def test_dataloader(self) -> DataLoader | PackedBatches:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")
 
     def loader_for(self, split: str) -> DataLoader | PackedBatches:
         """An evaluation loader of images for ``valid`` or ``test`` (used by ``fer.eval split=...``)."""
-        return self._loader(split, shuffle=False)
+        return self._loader(split)
 
     # --- cached features of a frozen front (freeze=backbone|last_layer) ------------------------------
     def _feature_loader(self, split: str) -> PackedBatches:
