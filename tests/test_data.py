@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import WeightedRandomSampler
 
 from fer.data import CLASS_NAMES, FERDataModule
 from fer.data.layout import index_split
+from fer.data.sampling import EpochSampler
 from fer.data.transforms import Preprocessing, build_eval_transform, load_image
 from fer.errors import DataLayoutError, FERError
 
@@ -103,9 +103,12 @@ def test_balanced_sampler_draws_classes_equally(tmp_path):
     dm = FERDataModule(root, image_size=16, batch_size=64, sampler="balanced", packed=False)
     dm.setup("fit")
     loader = dm.train_dataloader()
-    assert isinstance(loader.sampler, WeightedRandomSampler)
-    torch.manual_seed(0)
-    drawn = torch.tensor([dm.datasets["train"].index.labels[i] for _ in range(30) for i in loader.sampler])
+    assert isinstance(loader.sampler, EpochSampler) and loader.sampler.weights is not None
+    drawn = []
+    for epoch in range(30):  # each epoch draws anew, from (seed, epoch)
+        loader.sampler.set_epoch(epoch)
+        drawn += [dm.datasets["train"].index.labels[i] for i, _ in loader.sampler]
+    drawn = torch.tensor(drawn)
     shares = torch.bincount(drawn, minlength=7).double() / len(drawn)
     assert shares.min() > 0.11 and shares.max() < 0.175  # 1/7 = 0.143 each
 
