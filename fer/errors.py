@@ -15,6 +15,10 @@ class CheckpointError(FERError):
     """A checkpoint path is missing or the file is not a fer checkpoint."""
 
 
+class IncompatibleCheckpointError(CheckpointError):
+    """A checkpoint or weights file made for another architecture or set of classes than the one expected."""
+
+
 class WeightsUnavailableError(FERError):
     """Pretrained weights could not be loaded (offline, or a bad local file)."""
 

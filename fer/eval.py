@@ -11,9 +11,9 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from omegaconf import DictConfig, OmegaConf
 
+from fer.checkpoints import load_module
 from fer.config import CONFIG_DIR, plain, register_resolvers
 from fer.data import FERDataModule
 from fer.errors import CheckpointError
@@ -38,11 +38,7 @@ SPLIT_STAGES = {"test": "test", "valid": "validate"}
 
 def load_checkpoint(path: str) -> tuple[FERModule, dict[str, Any]]:
     """The model and the data settings saved with it (weights only: a checkpoint cannot run code)."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        model = FERModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"ckpt_path={path} is not a readable fer checkpoint ({error}).") from None
+    model, checkpoint = load_module(path, key="ckpt_path")
     return model, dict(checkpoint.get("datamodule_hyper_parameters") or {})
 
 

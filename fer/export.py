@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
+from fer.checkpoints import load_module
 from fer.data.transforms import Preprocessing
 from fer.errors import CheckpointError, FERError, user_message
 from fer.models import FERModule
-from fer.runtime import check_checkpoint_path
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -34,11 +34,7 @@ TORCHSCRIPT_METADATA_FILE = "fer.json"
 
 def load_fer_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> FERModule:
     """A fer checkpoint, loaded with ``weights_only=True`` (a checkpoint cannot run code), in eval mode."""
-    file = check_checkpoint_path(str(path), key="checkpoint")
-    try:
-        module = FERModule.load_from_checkpoint(file, map_location=map_location, weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"checkpoint={path} is not a readable fer checkpoint ({error}).") from None
+    module, _ = load_module(path, key="checkpoint", map_location=map_location)
     return module.eval()
 
 

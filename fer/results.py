@@ -132,14 +132,12 @@ def predict_split(
     checkpoint: str | Path, split: str = "test", data_dir: str | None = None, worst: int = 16
 ) -> Predictions:
     """Run a checkpoint over a split of the data it was trained on (or ``data_dir``), as ``fer.eval`` does."""
+    from fer.checkpoints import load_module
     from fer.data import FERDataModule
-    from fer.models import FERModule
 
-    path = str(checkpoint)
-    recorded: dict[str, Any] = (
-        torch.load(path, map_location="cpu", weights_only=True).get("datamodule_hyper_parameters") or {}
-    )
-    model = FERModule.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
+    model, saved = load_module(checkpoint, key="checkpoint")
+    model.eval()
+    recorded: dict[str, Any] = dict(saved.get("datamodule_hyper_parameters") or {})
     settings = {**recorded, **model.preprocessing.as_dict(), "feature_cache": False, "synthetic": None}
     if data_dir:
         settings["data_dir"] = data_dir

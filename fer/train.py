@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fer.atomic import atomic_write_text
 from fer.callbacks import StepSeed
+from fer.checkpoints import check_resumable
 from fer.config import CONFIG_DIR, flatten, plain, register_resolvers
 from fer.data import FERDataModule
 from fer.models import FERModule
@@ -76,13 +77,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule: FERDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
     model = build_module(cfg, datamodule)
+    check_resumable(ckpt_path, model)  # same backbone and classes, read with weights_only=True
     callbacks = [hydra.utils.instantiate(cfg.freeze.callback)] if cfg.freeze.get("callback") else []
     if cfg.get("seed") is not None:
         callbacks.append(StepSeed(cfg.seed))
     trainer = build_trainer(cfg, callbacks, resume_step=resume_step)
 
     if cfg.get("train"):
-        trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = scalar_metrics(trainer.callback_metrics)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

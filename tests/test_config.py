@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from conftest import run_fer
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -106,5 +109,67 @@ def test_quickstart_runs_on_cpu_offline(tmp_path):
 
 def test_run_folders_are_unique_to_the_microsecond():
     hydra_cfg = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "hydra" / "default.yaml"), resolve=False)
-    assert hydra_cfg["run"]["dir"].endswith("${now:%H-%M-%S-%f}")
+    # a new run's folder (the last argument of fer.run_dir, which picks a resumed run's own folder instead)
+    assert hydra_cfg["run"]["dir"].endswith("${now:%H-%M-%S-%f}}")
     assert hydra_cfg["sweep"]["dir"].endswith("${now:%H-%M-%S-%f}")
+
+
+def unknown_option(override: str, suggestion: str) -> tuple[str, list[str]]:
+    """A group option that does not exist: Hydra names it and lists the group's options."""
+    group, option = override.split("=")
+    return override, [f"Could not find '{group}/{option}'", f"Available options in '{group}'", suggestion]
+
+
+def unknown_key(override: str) -> tuple[str, list[str]]:
+    """A key that is not in the config (struct mode): Hydra names it and says how to add one."""
+    key = override.split("=")[0]
+    return override, [f"Could not override '{key}'", f"Key '{key.split('.')[-1]}' is not in struct"]
+
+
+TYPOS = [
+    ("fer.train", *unknown_option("data=mmafdb", "mmafedb")),
+    ("fer.train", *unknown_option("model=mobilenet_v3_tiny", "mobilenet_v3_small")),
+    ("fer.train", *unknown_option("freeze=partal", "partial")),
+    ("fer.train", *unknown_option("optimizer=adamm", "adamw")),
+    ("fer.train", *unknown_option("scheduler=cosin", "cosine")),
+    ("fer.train", *unknown_option("trainer=gpuu", "gpu")),
+    ("fer.train", *unknown_option("experiment=quickstrat", "quickstart")),
+    ("fer.train", *unknown_option("logger=tb", "tensorboard")),
+    ("fer.train", *unknown_key("optimizer.learning_rate=0.1")),
+    ("fer.train", *unknown_key("data.batchsize=8")),
+    ("fer.train", *unknown_key("trainer.max_epoch=1")),
+    ("fer.eval", *unknown_option("trainer=gpuu", "ddp_sim")),
+    ("fer.eval", *unknown_option("logger=tb", "csv")),
+    ("fer.eval", *unknown_option("data=mmafdb", "synthetic")),
+    ("fer.eval", *unknown_key("batchsize=8")),
+]
+
+
+@pytest.mark.parametrize(("entry", "typo", "fragments"), TYPOS, ids=[f"{e}:{t}" for e, t, _ in TYPOS])
+def test_typo_in_an_override_ends_with_hydras_message(entry, typo, fragments, tmp_path, monkeypatch, capsys):
+    """The real Hydra mains, in this process: a typo stops composition with Hydra's error and exit 1."""
+    module = importlib.import_module(entry)
+    monkeypatch.setenv("FER_OUTPUT_DIR", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", [entry, typo])
+    with pytest.raises(SystemExit) as exited:
+        module.main()
+    assert exited.value.code not in (0, None)
+    err = capsys.readouterr().err
+    assert all(fragment in err for fragment in fragments), err
+    assert "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # no run folder
+    GlobalHydra.instance().clear()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("entry", "typo", "fragments"), [TYPOS[1], TYPOS[8], TYPOS[-1]], ids=["group", "key", "eval"]
+)
+def test_typo_on_the_command_line_exits_non_zero_with_hydras_message(entry, typo, fragments, tmp_path):
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    result = run_fer(entry, typo, outputs=outputs, timeout=300)
+    assert result.returncode != 0
+    assert all(fragment in result.stderr for fragment in fragments), result.stderr
+    assert "Traceback" not in result.stderr and not list(outputs.rglob("*.ckpt"))
+    assert not (outputs / "train").exists() and not (outputs / "eval").exists()
