@@ -101,11 +101,14 @@ def test_local_weights_file_is_loaded_and_the_head_replaced(tmp_path):
 
 
 def test_a_weights_file_for_another_architecture_is_refused(tmp_path):
-    from fer.errors import WeightsUnavailableError
+    from fer.errors import IncompatibleCheckpointError, WeightsUnavailableError
 
     path = tmp_path / "large.pth"
     torch.save(build_backbone("mobilenet_v3_large", 7).state_dict(), path)
-    with pytest.raises(WeightsUnavailableError, match="do not fit mobilenet_v3_small"):
+    with pytest.raises(
+        IncompatibleCheckpointError,
+        match="holds mobilenet_v3_large weights, but this run builds mobilenet_v3_small",
+    ):
         build_backbone("mobilenet_v3_small", 7, weights_path=path)
     with pytest.raises(WeightsUnavailableError, match="does not exist"):
         build_backbone("mobilenet_v3_small", 7, weights_path=tmp_path / "missing.pth")
