@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fer.atomic import atomic_write_text
 from fer.callbacks import StepSeed
-from fer.checkpoints import check_resumable
+from fer.checkpoints import check_compatible, read_checkpoint
 from fer.config import CONFIG_DIR, flatten, plain, register_resolvers
 from fer.data import FERDataModule
 from fer.models import FERModule
@@ -73,11 +73,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     ckpt_path = check_checkpoint_path(cfg.get("ckpt_path"))
-    resume_step = checkpoint_step(ckpt_path) if cfg.get("resume") else None
+    checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None  # weights_only=True
 
     datamodule: FERDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
     model = build_module(cfg, datamodule)
-    check_resumable(ckpt_path, model)  # same backbone and classes, read with weights_only=True
+    resume_step = None
+    if checkpoint is not None:
+        check_compatible(checkpoint, model, ckpt_path, "ckpt_path")  # same backbone and classes
+        resume_step = int(checkpoint.get("global_step") or 0) if cfg.get("resume") else None
+        del checkpoint
     callbacks = [hydra.utils.instantiate(cfg.freeze.callback)] if cfg.freeze.get("callback") else []
     if cfg.get("seed") is not None:
         callbacks.append(StepSeed(cfg.seed))
@@ -116,19 +120,6 @@ def write_metrics_file(run_dir: Path, metrics: dict[str, float], best_checkpoint
     return atomic_write_text(
         run_dir / METRICS_FILE, json.dumps(payload, indent=2, sort_keys=True) + "\n", "metrics"
     )
-
-
-def checkpoint_step(path: str | None) -> int | None:
-    """The global step a checkpoint was written at (read without building any object: weights only)."""
-    if not path:
-        return None
-    import torch
-
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        return None  # Lightning's own load reports the problem
-    return int(checkpoint.get("global_step", 0)) or None
 
 
 def record_this_start(cfg: DictConfig, overrides: list[str] | None = None) -> None:
