@@ -62,7 +62,8 @@ class SweepSummary(Callback):
         else:
             error = job_return._return_value
             entry.update(status="failed", error=_error_line(error) if error is not None else "unknown")
-            log.error("Job %d (%s) failed: %s", entry["job"], entry["folder"], entry["error"])
+            # a warning: the job's own log (still open here) keeps its ERROR line as the last one
+            log.warning("Job %d (%s) failed: %s", entry["job"], entry["folder"], entry["error"])
         self.jobs.append(entry)
         self._write_json()
 
