@@ -54,30 +54,36 @@ def checkpoint_step(path: Path) -> int | None:
         return None
 
 
-def train_and_kill(data: Path, outputs: Path, after_step: int, *extra: str) -> Path:
-    """Start a run, and kill -9 it once its last.ckpt holds at least ``after_step`` steps (the process
-    goes on training meanwhile, so the kill lands wherever the run is by then)."""
+def kill_when(args: list[str], outputs: Path, ready, poll: float = 0.02) -> None:
+    """Start ``python -m fer.train args`` and kill -9 it as soon as ``ready()`` holds (the process goes on
+    working meanwhile, so the kill lands wherever it is by then)."""
     env = {**os.environ, "FER_OUTPUT_DIR": str(outputs), "PYTHONWARNINGS": "ignore"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "fer.train", *train_args(data, *extra)],
-        env=env,
-        cwd=outputs,
-        stdout=subprocess.DEVNULL,
+        [sys.executable, "-m", "fer.train", *args], env=env, cwd=outputs, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )
+    )  # fmt: skip
     deadline = time.monotonic() + 300
     try:
         while process.poll() is None and time.monotonic() < deadline:
-            found = list((outputs / "train" / "runs").glob("*/checkpoints/last.ckpt"))
-            step = checkpoint_step(found[0]) if found else None
-            if step is not None and step >= after_step:
+            if ready():
                 os.kill(process.pid, signal.SIGKILL)
                 break
-            time.sleep(0.02)
+            time.sleep(poll)
     finally:
         process.kill()
         process.wait()
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+
+
+def train_and_kill(data: Path, outputs: Path, after_step: int, *extra: str) -> Path:
+    """Start a run, and kill -9 it once its last.ckpt holds at least ``after_step`` steps."""
+
+    def checkpointed() -> bool:
+        found = list((outputs / "train" / "runs").glob("*/checkpoints/last.ckpt"))
+        step = checkpoint_step(found[0]) if found else None
+        return step is not None and step >= after_step
+
+    kill_when(train_args(data, *extra), outputs, checkpointed)
     (run,) = run_dirs(outputs)
     return run
 
@@ -211,22 +217,12 @@ def test_optuna_study_in_sqlite_resumes_after_the_sweep_is_killed(tiny_data, out
         f"hparams_search.storage={database}",
         *["data=mmafedb", f"data.data_dir={tiny_data}", *TINY, "trainer.max_epochs=1"],
     ]
-    env = {**os.environ, "FER_OUTPUT_DIR": str(outputs), "PYTHONWARNINGS": "ignore"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fer.train", *args], env=env, cwd=outputs, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 300
-    try:
-        while process.poll() is None and time.monotonic() < deadline:
-            if database.is_file() and finished_trials(database).count("COMPLETE") >= 1:
-                os.kill(process.pid, signal.SIGKILL)
-                break
-            time.sleep(0.1)
-    finally:
-        process.kill()
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
+    kill_when(
+        args,
+        outputs,
+        lambda: database.is_file() and finished_trials(database).count("COMPLETE") >= 1,
+        poll=0.1,
+    )
     before = finished_trials(database)
     assert before.count("COMPLETE") in (1, 2) and len(before) <= 3
 
