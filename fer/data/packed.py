@@ -345,6 +345,16 @@ def derive_seed(*parts: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
+def check_data_state(state: dict[str, int], seed: int, items: int) -> None:
+    """A training loader's checkpointed position only means something over the same data and seed."""
+    if int(state.get("seed", seed)) != seed or int(state.get("items", items)) != items:
+        raise FERError(
+            f"The checkpoint stopped inside an epoch whose data order came from seed {state.get('seed')} "
+            f"over {state.get('items')} training images; this run has seed {seed} and {items} images. "
+            "Resume with the run's own seed and data folder."
+        )
+
+
 class PackedBatches:
     """Batches straight from packed tensors: no DataLoader workers, nothing decoded.
 
@@ -399,14 +409,7 @@ class PackedBatches:
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Continue a mid-epoch checkpoint: the next pass over epoch ``state['epoch']`` skips the batches
         already trained on, with the same order and the same random numbers for the rest."""
-        if int(state.get("seed", self.seed)) != self.seed or int(state.get("items", len(self.labels))) != len(
-            self.labels
-        ):
-            raise FERError(
-                f"The checkpoint stopped inside an epoch whose data order came from seed {state.get('seed')} "
-                f"over {state.get('items')} training images; this run has seed {self.seed} and "
-                f"{len(self.labels)} images. Resume with the run's own seed and data folder."
-            )
+        check_data_state(state, self.seed, len(self.labels))
         self._resume_at = (int(state["epoch"]), int(state["batches"]))
 
     @property

@@ -13,8 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
-from fer.data.packed import derive_seed
-from fer.errors import FERError
+from fer.data.packed import check_data_state, derive_seed
 
 
 class EpochSampler(Sampler):
@@ -73,14 +72,7 @@ class ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         sampler: EpochSampler = self.sampler
-        if int(state.get("seed", sampler.seed)) != sampler.seed or int(state.get("items", sampler.size)) != (
-            sampler.size
-        ):
-            raise FERError(
-                f"The checkpoint stopped inside an epoch whose data order came from seed {state.get('seed')} "
-                f"over {state.get('items')} training images; this run has seed {sampler.seed} and "
-                f"{sampler.size} images. Resume with the run's own seed and data folder."
-            )
+        check_data_state(state, sampler.seed, sampler.size)
         self._served = int(state["batches"])
         sampler.resume(int(state["epoch"]), self._served * int(self.batch_size or 1))
 
