@@ -53,11 +53,11 @@ def resume_folder(resume: object) -> Path:
         _fail(f"resume={resume}: no such run folder. Pass a folder of outputs/train/runs/ (or of a sweep).")
     if not (folder / "checkpoints" / LAST_CHECKPOINT).is_file():
         found = sorted(p.name for p in (folder / "checkpoints").glob("*.ckpt"))
-        what = f"it holds {found}" if found else "it holds no checkpoint yet (the run stopped before one)"
-        _fail(
-            f"resume={resume}: {folder / 'checkpoints' / LAST_CHECKPOINT} does not exist; {what}. "
-            "Start the run again, or pass ckpt_path=<checkpoint> to start a new run from one of them."
-        )
+        if found:
+            what = f"the folder holds {found}: pass ckpt_path=<one of them> to start a new run from it"
+        else:
+            what = "the run stopped before its first checkpoint: start it again"
+        _fail(f"resume={resume}: {folder / 'checkpoints' / LAST_CHECKPOINT} does not exist; {what}.")
     return folder
 
 
