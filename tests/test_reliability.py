@@ -106,3 +106,27 @@ def test_mean_pooling_replaces_adaptive_pooling_with_the_same_outputs():
     torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-6)
     model.train()
     model(x).sum().backward()  # a backward pass without adaptive pooling
+
+
+def test_resume_needs_a_run_folder_with_last_ckpt(tmp_path: Path, capsys):
+    from fer.resume import resume_folder, run_folder_of
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    for target, fragment in [
+        (tmp_path / "missing", "no such run folder"),
+        (tmp_path / "run", "the run stopped before its first checkpoint"),
+    ]:
+        with pytest.raises(SystemExit) as stopped:
+            resume_folder(target)
+        assert stopped.value.code == 2 and fragment in capsys.readouterr().err
+    (tmp_path / "run" / "checkpoints" / "epoch_000.ckpt").write_bytes(b"")
+    with pytest.raises(SystemExit):
+        resume_folder(tmp_path / "run")
+    assert "pass ckpt_path=<one of them>" in capsys.readouterr().err
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert resume_folder(tmp_path / "run") == (tmp_path / "run").resolve()
+    # ckpt_path=<run>/checkpoints/last.ckpt continues that run only in a folder fer.train made (.hydra)
+    assert run_folder_of(tmp_path / "run" / "checkpoints" / "last.ckpt") is None
+    (tmp_path / "run" / ".hydra").mkdir()
+    assert run_folder_of(tmp_path / "run" / "checkpoints" / "last.ckpt") == (tmp_path / "run").resolve()
+    assert run_folder_of(tmp_path / "run" / "checkpoints" / "epoch_000.ckpt") is None
