@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny generated data set, and a runner for the real entry points."""
+"""Shared fixtures: a tiny generated data set and checkpoint, and a runner for the real entry points."""
 
 from __future__ import annotations
 
@@ -53,3 +53,53 @@ def run_fer(module: str, *args: str, outputs: Path, timeout: int = 600, env: dic
 
 def run_dirs(outputs: Path, task: str = "train") -> list[Path]:
     return sorted((outputs / task / "runs").iterdir())
+
+
+def train_tiny_checkpoint(data: Path, folder: Path) -> Path:
+    """A real fer checkpoint: one training step on the tiny data at 32 px (a few seconds on CPU).
+
+    One batch of all 56 training images and BatchNorm momentum 1: the running statistics become those of
+    the whole train split, so that in eval mode this barely trained network gives different images
+    different outputs with logits of a few units, like a trained one. (With torchvision's 0.01 the statistics
+    stay at their initial values and every image gets the same output, which would prove nothing.)
+    """
+    import lightning as L
+
+    from fer.data import FERDataModule
+    from fer.models import FERModule
+    from fer.runtime import quiet_known_warnings
+
+    quiet_known_warnings()
+    datamodule = FERDataModule(data, image_size=32, batch_size=56, cache_dir=folder / "cache")
+    model = FERModule(
+        pretrained=False,
+        bn_momentum=1.0,
+        class_names=list(datamodule.class_names),
+        preprocessing=datamodule.preprocessing.as_dict(),
+    )
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(model, datamodule=datamodule)
+    path = folder / "tiny.ckpt"
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real fer checkpoint trained once per session (shared by the predict and export tests)."""
+    return train_tiny_checkpoint(tiny_data, tmp_path_factory.mktemp("tiny_checkpoint"))
+
+
+@pytest.fixture(scope="session")
+def module(checkpoint: Path):
+    from fer.models import FERModule
+
+    return FERModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()

@@ -12,7 +12,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from test_predict import train_tiny_checkpoint
 
 from fer.data.transforms import build_eval_transform, load_image
 from fer.export import export_onnx, export_torchscript, main, read_onnx_metadata, read_torchscript
@@ -21,16 +20,6 @@ from fer.models import FERModule
 from fer.predict import main as predict_main
 
 ATOL = 1e-4
-
-
-@pytest.fixture(scope="session")
-def checkpoint(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny_checkpoint(tiny_data, tmp_path_factory.mktemp("export_checkpoint"))
-
-
-@pytest.fixture(scope="session")
-def module(checkpoint: Path) -> FERModule:
-    return FERModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
 
 
 @pytest.fixture(scope="session")

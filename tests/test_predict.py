@@ -6,14 +6,12 @@ import csv
 import json
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
 from conftest import run_fer
 from PIL import Image
 
-from fer.data import FERDataModule
 from fer.models import FERModule
 from fer.predict import (
     FACE_MIN_SIZE,
@@ -23,51 +21,9 @@ from fer.predict import (
     main,
     predict_files,
 )
-from fer.runtime import quiet_known_warnings
 
 # where OpenCV 4's cascade puts the astronaut's face with fer's parameters (x, y, w, h)
 ASTRONAUT_FACE = (177, 66, 95, 95)
-
-
-def train_tiny_checkpoint(data: Path, folder: Path) -> Path:
-    """A real fer checkpoint: one training step on the tiny data at 32 px (a few seconds on CPU).
-
-    One batch of all 56 training images and BatchNorm momentum 1: the running statistics become those of
-    the whole train split, so that in eval mode this barely trained network gives different images
-    different outputs with logits of a few units, like a trained one. (With torchvision's 0.01 the statistics
-    stay at their initial values and every image gets the same output, which would prove nothing.)
-    """
-    quiet_known_warnings()
-    datamodule = FERDataModule(data, image_size=32, batch_size=56, cache_dir=folder / "cache")
-    model = FERModule(
-        pretrained=False,
-        bn_momentum=1.0,
-        class_names=list(datamodule.class_names),
-        preprocessing=datamodule.preprocessing.as_dict(),
-    )
-    trainer = L.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(model, datamodule=datamodule)
-    path = folder / "tiny.ckpt"
-    trainer.save_checkpoint(path)
-    return path
-
-
-@pytest.fixture(scope="session")
-def checkpoint(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_tiny_checkpoint(tiny_data, tmp_path_factory.mktemp("predict_checkpoint"))
-
-
-@pytest.fixture(scope="session")
-def module(checkpoint: Path) -> FERModule:
-    return FERModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
 
 
 @pytest.fixture()

@@ -8,7 +8,6 @@ import pytest
 import torch
 from conftest import TINY, run_fer
 from test_errors import assert_clean_error
-from test_predict import train_tiny_checkpoint
 
 from fer.checkpoints import check_resumable, load_module, read_checkpoint
 from fer.errors import CheckpointError, IncompatibleCheckpointError
@@ -49,12 +48,6 @@ def write_malicious_checkpoint(folder: Path) -> tuple[Path, Path]:
 @pytest.fixture()
 def malicious(tmp_path: Path) -> tuple[Path, Path]:
     return write_malicious_checkpoint(tmp_path)
-
-
-@pytest.fixture(scope="module")
-def small_checkpoint(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real fer checkpoint of mobilenet_v3_small with the 7 MMAFEDB classes (32 px)."""
-    return train_tiny_checkpoint(tiny_data, tmp_path_factory.mktemp("safety_checkpoint"))
 
 
 def tampered(source: Path, folder: Path, **hparams) -> Path:
@@ -119,8 +112,8 @@ def test_a_garbage_file_is_not_a_readable_checkpoint(tmp_path):
         read_checkpoint(path)
 
 
-def test_a_checkpoint_loads_with_its_data_settings(small_checkpoint):
-    module, saved = load_module(small_checkpoint)
+def test_a_checkpoint_loads_with_its_data_settings(checkpoint):
+    module, saved = load_module(checkpoint)
     assert module.hparams.backbone == "mobilenet_v3_small" and len(module.class_names) == 7
     assert "state_dict" not in saved and saved["datamodule_hyper_parameters"]["image_size"] == 32
 
@@ -134,9 +127,9 @@ def test_a_checkpoint_loads_with_its_data_settings(small_checkpoint):
     ids=["backbone", "classes"],
 )
 def test_weights_that_do_not_match_their_own_hparams_are_refused(
-    hparams, fragments, small_checkpoint, tmp_path, tiny_data, capsys
+    hparams, fragments, checkpoint, tmp_path, tiny_data, capsys
 ):
-    path = tampered(small_checkpoint, tmp_path, **hparams)
+    path = tampered(checkpoint, tmp_path, **hparams)
     expected = [*fragments, "its weights are mobilenet_v3_small with 7 classes", str(path)]
     with pytest.raises(IncompatibleCheckpointError) as raised:
         load_checkpoint(str(path))
@@ -147,8 +140,8 @@ def test_weights_that_do_not_match_their_own_hparams_are_refused(
     assert len(lines) == 2 and all(f in line for line in lines for f in expected), lines
 
 
-def test_lightning_strict_load_failure_becomes_a_clear_error(small_checkpoint, tmp_path):
-    checkpoint = torch.load(small_checkpoint, map_location="cpu", weights_only=True)
+def test_lightning_strict_load_failure_becomes_a_clear_error(checkpoint, tmp_path):
+    checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
     checkpoint["state_dict"]["head.weight"] = torch.zeros(3)
     path = tmp_path / "extra.ckpt"
     torch.save(checkpoint, path)
@@ -156,12 +149,12 @@ def test_lightning_strict_load_failure_becomes_a_clear_error(small_checkpoint, t
         load_module(path)
 
 
-def test_resume_needs_the_same_backbone(small_checkpoint):
+def test_resume_needs_the_same_backbone(checkpoint):
     with pytest.raises(IncompatibleCheckpointError) as raised:
-        check_resumable(str(small_checkpoint), FERModule(backbone="mobilenet_v3_large"))
+        check_resumable(str(checkpoint), FERModule(backbone="mobilenet_v3_large"))
     message = str(raised.value)
     for fragment in [
-        f"ckpt_path={small_checkpoint} holds mobilenet_v3_small with 7 classes (angry, disgust",
+        f"ckpt_path={checkpoint} holds mobilenet_v3_small with 7 classes (angry, disgust",
         "this run builds mobilenet_v3_large with 7 classes",
         "Resume with model=mobilenet_v3_small",
         "drop ckpt_path to start a new run",
@@ -169,16 +162,16 @@ def test_resume_needs_the_same_backbone(small_checkpoint):
         assert fragment in message, message
 
 
-def test_resume_needs_the_same_classes_and_offers_fine_tuning(small_checkpoint):
+def test_resume_needs_the_same_classes_and_offers_fine_tuning(checkpoint):
     with pytest.raises(IncompatibleCheckpointError) as raised:
-        check_resumable(str(small_checkpoint), FERModule(class_names=FIVE_CLASSES))
+        check_resumable(str(checkpoint), FERModule(class_names=FIVE_CLASSES))
     message = str(raised.value)
     assert "this run builds mobilenet_v3_small with 5 classes (angry, fear, happy, neutral, sad)" in message
-    assert f"model.weights_path={small_checkpoint}" in message
+    assert f"model.weights_path={checkpoint}" in message
 
 
-def test_resume_accepts_a_checkpoint_of_the_same_model(small_checkpoint):
-    check_resumable(str(small_checkpoint), FERModule())
+def test_resume_accepts_a_checkpoint_of_the_same_model(checkpoint):
+    check_resumable(str(checkpoint), FERModule())
     check_resumable(None, FERModule())
 
 
@@ -199,9 +192,9 @@ def test_weights_path_of_the_other_backbone_is_refused(tmp_path):
     assert "this run builds mobilenet_v3_large: pass model=mobilenet_v3_small" in message
 
 
-def test_weights_path_takes_a_fer_checkpoint_with_other_classes(small_checkpoint):
-    state = torch.load(small_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    network = build_backbone("mobilenet_v3_small", num_classes=5, weights_path=small_checkpoint)
+def test_weights_path_takes_a_fer_checkpoint_with_other_classes(checkpoint):
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    network = build_backbone("mobilenet_v3_small", num_classes=5, weights_path=checkpoint)
     assert torch.equal(network.state_dict()["features.0.0.weight"], state["model.features.0.0.weight"])
     assert network.classifier[-1].out_features == 5
 
@@ -221,9 +214,9 @@ def test_entry_points_refuse_the_payload_with_one_message(entry, tmp_path, tiny_
 
 
 @pytest.mark.slow
-def test_train_refuses_to_resume_another_backbone(small_checkpoint, tiny_data, outputs):
+def test_train_refuses_to_resume_another_backbone(checkpoint, tiny_data, outputs):
     args = ["data=mmafedb", f"data.data_dir={tiny_data}", *TINY, "model=mobilenet_v3_large"]
-    result = run_fer("fer.train", *args, f"ckpt_path={small_checkpoint}", outputs=outputs)
+    result = run_fer("fer.train", *args, f"ckpt_path={checkpoint}", outputs=outputs)
     assert_clean_error(
         result, "holds mobilenet_v3_small", "builds mobilenet_v3_large", "model=mobilenet_v3_small"
     )
