@@ -35,7 +35,6 @@ class RunCheckpoint(ModelCheckpoint):
         if every_n_train_steps is not None and int(every_n_train_steps) < 0:
             raise ValueError(f"every_n_train_steps must be >= 0, got {every_n_train_steps}")
         self.last_every_n_train_steps = int(every_n_train_steps or 0)
-        self._last_saved_step: int | None = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -70,14 +69,9 @@ class RunCheckpoint(ModelCheckpoint):
         # Lightning writes last.ckpt only when the best one changed; resuming needs it after every epoch
         if trainer.sanity_checking or trainer.fast_dev_run or trainer.state.fn != "fit":
             return
-        if self._last_saved_step != trainer.global_step:
+        # (when the best checkpoint was saved at this step, Lightning wrote last.ckpt with it)
+        if self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-    def _save_last_checkpoint(self, trainer: Trainer, monitor_candidates: dict[str, Any]) -> None:
-        if not self.save_last:
-            return
-        super()._save_last_checkpoint(trainer, monitor_candidates)
-        self._last_saved_step = trainer.global_step
 
 
 class StepSeed(Callback):

@@ -112,13 +112,17 @@ def check_checkpoint_path(path: str | None, key: str = "ckpt_path") -> str | Non
     return str(file.resolve())
 
 
-def instantiate_all(config: DictConfig | None, kind: str) -> list[Any]:
-    """Instantiate every entry of a callbacks/logger config group that has a ``_target_``."""
+def instantiate_all(
+    config: DictConfig | None, kind: str, extra: Mapping[str, Mapping[str, Any]] | None = None
+) -> list[Any]:
+    """Instantiate every entry of a callbacks/logger config group that has a ``_target_``; ``extra`` maps a
+    class name (``TensorBoardLogger``) to more keyword arguments for the entries of that class."""
     objects = []
     for name, entry in (config or {}).items():
         if isinstance(entry, Mapping) and entry.get("_target_"):
             log.debug("Instantiating %s %s <%s>", kind, name, entry._target_)
-            objects.append(instantiate(entry))
+            more = (extra or {}).get(entry._target_.rsplit(".", 1)[-1], {})
+            objects.append(instantiate(entry, **more))
     return objects
 
 
@@ -141,13 +145,8 @@ def build_trainer(
     callbacks = instantiate_callbacks(cfg.get("callbacks")) + list(extra_callbacks or [])
     if cfg.trainer.get("enable_progress_bar") is False:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    loggers = []
-    for name, entry in (cfg.get("logger") or {}).items():
-        if isinstance(entry, Mapping) and entry.get("_target_"):
-            log.debug("Instantiating logger %s <%s>", name, entry._target_)
-            tensorboard = entry._target_.rsplit(".", 1)[-1] == "TensorBoardLogger"
-            purge = {"purge_step": resume_step} if tensorboard and resume_step else {}
-            loggers.append(instantiate(entry, **purge))
+    purge = {"TensorBoardLogger": {"purge_step": resume_step}} if resume_step else None
+    loggers = instantiate_all(cfg.get("logger"), "logger", purge)
     extra: dict[str, Any] = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
     if cfg.trainer.get("deterministic") and cfg.trainer.get("benchmark"):
         # cuDNN's benchmark mode picks algorithms by timing them, which deterministic mode must not do

@@ -9,6 +9,7 @@ end, also when the sweep ends with an error (grid) and when Optuna recorded fail
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import logging
 import sys
@@ -117,6 +118,7 @@ def optuna_storage(storage: object) -> str | None:
     return f"sqlite:///{path}"
 
 
+@functools.lru_cache(maxsize=4)  # read once for both the trial count and the sampler seed
 def _stored_trials(storage: object, study_name: object) -> list | None:
     """The trials of a stored study (None without storage or for a study not created yet)."""
     if storage in (None, "", "None", "null"):

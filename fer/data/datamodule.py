@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -19,7 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from fer.atomic import atomic_write_text
+from fer.atomic import OutputWriteError, atomic_open, atomic_write_text
 from fer.config import plain
 from fer.data.batch_transforms import BatchAugmentation
 from fer.data.layout import CLASS_NAMES, SPLITS, SplitIndex, check_data_dir, index_split
@@ -454,13 +453,10 @@ class FERDataModule(LightningDataModule):
             split, tuple(features.shape), seconds, views * len(pack) / max(seconds, 1e-9),
         )  # fmt: skip
         try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-            with open(tmp, "wb") as handle:
+            with atomic_open(path, "wb", "feature cache") as handle:
                 np.save(handle, features.numpy())
-            tmp.replace(path)
-        except OSError as error:
-            log.warning("Could not store the feature cache in %s (%s): it will be recomputed.", path, error)
+        except OutputWriteError as error:
+            log.warning("%s The features will be computed again next time.", error)
         return features.to(self._device())
 
 

@@ -28,6 +28,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
+from fer.atomic import OutputWriteError, atomic_write_text
 from fer.data.layout import SplitIndex
 from fer.data.transforms import DECODE_ERRORS, BadImageError, load_image
 from fer.errors import DataLayoutError, FERError
@@ -328,12 +329,9 @@ def find_bad_images(
         if record is not None:
             rows = [{"position": i, "reason": reason} for i, reason in found]
             try:
-                record.parent.mkdir(parents=True, exist_ok=True)
-                tmp = record.with_name(f".{record.name}.{uuid.uuid4().hex[:8]}.tmp")
-                tmp.write_text(json.dumps(rows, indent=1) + "\n")
-                tmp.replace(record)
-            except OSError as error:
-                log.debug("Could not record the image check in %s: %s", record, error)
+                atomic_write_text(record, json.dumps(rows, indent=1) + "\n", "image check record")
+            except OutputWriteError as error:
+                log.debug("Could not record the image check: %s", error)
     if bad and on_bad_image == "error":
         raise bad_images_error(index, bad)
     return bad
