@@ -1,7 +1,8 @@
 """``python -m fer.eval ckpt_path=PATH``: test a checkpoint on the test split (or ``split=valid``).
 
-The checkpoint alone defines the model, class names and preprocessing; the data folder defaults to the one
-recorded at training time (``data_dir=DIR`` or ``data=<option>`` choose another).
+The checkpoint alone defines the model, class names and preprocessing. The data is rebuilt from the data
+config the checkpoint records (its ``_target_`` and source), so a model trained on any source evaluates on
+it; ``data.data_dir=DIR`` points it at another copy, ``data=<option>`` at another data set.
 """
 
 from __future__ import annotations
@@ -11,54 +12,46 @@ from typing import Any
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fer.checkpoints import load_module
-from fer.config import CONFIG_DIR, plain, register_resolvers
 from fer.data import FERDataModule
 from fer.errors import CheckpointError
 from fer.models import FERModule
-from fer.runtime import (
-    build_trainer,
-    check_checkpoint_path,
-    print_metrics_table,
-    quiet_known_warnings,
-    report_user_errors,
-    scalar_metrics,
-    tune_cpu_allocator,
-)
+from fer.run.checkpoints import check_checkpoint_path, load_module, recorded_data_config
+from fer.run.cli import hydra_command, user_errors
+from fer.run.config import CONFIG_DIR, plain, register_resolvers
+from fer.run.process import prepare_process
+from fer.run.trainer import build_trainer, print_metrics_table, scalar_metrics
 
 log = logging.getLogger("fer.eval")
-register_resolvers()
-quiet_known_warnings()
-tune_cpu_allocator()
 
 SPLIT_STAGES = {"test": "test", "valid": "validate"}
 
 
-def load_checkpoint(path: str) -> tuple[FERModule, dict[str, Any]]:
-    """The model and the data settings saved with it (weights only: a checkpoint cannot run code)."""
-    model, checkpoint = load_module(path, key="ckpt_path")
-    return model, dict(checkpoint.get("datamodule_hyper_parameters") or {})
-
-
-def build_datamodule(cfg: DictConfig, model: FERModule, recorded: dict[str, Any]) -> FERDataModule:
-    """The data module for evaluation, with the model's own preprocessing and class names."""
-    settings = plain(cfg.data) if cfg.get("data") else dict(recorded)
-    settings.pop("_target_", None)
-    if not settings:
+def data_config(cfg: DictConfig, checkpoint: dict[str, Any], model: FERModule) -> dict[str, Any]:
+    """The data module's config for evaluation: the chosen ``data=<option>`` or the recorded one, the
+    ``data.*`` keys given on top, and always the model's own preprocessing."""
+    given = {k: v for k, v in (plain(cfg.get("data")) or {}).items() if v is not None}
+    chosen = HydraConfig.get().runtime.choices.get("data") if HydraConfig.initialized() else None
+    settings = given if chosen else {**recorded_data_config(checkpoint), **given}
+    if not settings.get("_target_"):
         raise CheckpointError(
-            f"ckpt_path={cfg.ckpt_path} records no data settings: pass data=mmafedb (or data=synthetic) "
-            "and data.data_dir=<folder>."
+            f"ckpt_path={cfg.ckpt_path} records no data settings: choose the data with data=<option> (e.g. "
+            "data=mmafedb data.data_dir=<folder>)."
         )
+    if not chosen and "data_dir" in given:  # another copy of the same data set
+        settings["synthetic"] = None
+        if isinstance(settings.get("source"), dict):
+            settings["source"] = {**settings["source"], "root": given["data_dir"]}
     settings.update(model.preprocessing.as_dict())
-    settings.update(
-        class_names=list(model.class_names), num_workers=cfg.num_workers, eval_batch_size=cfg.batch_size
-    )
     settings["feature_cache"] = False  # evaluation always runs the whole network on the images
-    if cfg.get("data_dir"):
-        settings.update(data_dir=cfg.data_dir, synthetic=None)
-    return FERDataModule(**settings)
+    return settings
+
+
+def build_datamodule(settings: dict[str, Any]) -> FERDataModule:
+    return instantiate(settings, _recursive_=False, _convert_="all")
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -72,8 +65,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     path = check_checkpoint_path(cfg.ckpt_path)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    model, recorded = load_checkpoint(path)
-    datamodule = build_datamodule(cfg, model, recorded)
+    model, checkpoint = load_module(path, key="ckpt_path")
+    datamodule = build_datamodule(data_config(cfg, checkpoint, model))
+    if tuple(datamodule.class_names) != tuple(model.class_names):
+        raise CheckpointError(
+            f"ckpt_path={cfg.ckpt_path} classifies {list(model.class_names)}, but this data has "
+            f"{list(datamodule.class_names)}: evaluate on data with the model's classes."
+        )
     trainer = build_trainer(cfg)
     if cfg.split == "test":
         trainer.test(model=model, datamodule=datamodule, verbose=False)
@@ -88,11 +86,24 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def run(cfg: DictConfig) -> dict[str, float]:
+    with user_errors():
+        prepare_process()
+        return evaluate(cfg)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
-def main(cfg: DictConfig) -> None:
-    with report_user_errors():
-        evaluate(cfg)
+def hydra_main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+def main() -> Any:
+    """``python -m fer.eval`` / ``fer-eval``."""
+    register_resolvers()
+    return hydra_command(hydra_main)()
 
 
 if __name__ == "__main__":
-    main()
+    from fer.eval import main as importable_main
+
+    importable_main()

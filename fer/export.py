@@ -12,17 +12,18 @@ import argparse
 import copy
 import inspect
 import json
-import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
-from fer.checkpoints import load_module
-from fer.data.transforms import Preprocessing
-from fer.errors import CheckpointError, FERError, user_message
+from fer.data.preprocessing import Preprocessing
+from fer.errors import CheckpointError, FERError
+from fer.files import check_output_file
 from fer.models import FERModule
+from fer.run.checkpoints import load_module
+from fer.run.cli import command
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -159,16 +160,20 @@ def read_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, tuple[st
     return network, class_names, pre
 
 
-def export(checkpoint: str | Path, format: str, out: str | Path | None = None) -> Path:
-    """Export a checkpoint; ``out`` defaults to the checkpoint's name with the format's suffix beside it."""
+def export(
+    checkpoint: str | Path, format: str, out: str | Path | None = None, overwrite: bool = False
+) -> Path:
+    """Export a checkpoint; ``out`` defaults to the checkpoint's name with the format's suffix beside it.
+    An existing ``out`` is replaced only with ``overwrite``."""
     if format not in FORMATS:
         raise FERError(f"--format {format!r}: choose one of {', '.join(FORMATS)}")
-    module = load_fer_checkpoint(checkpoint)
     target = Path(out) if out else Path(checkpoint).with_suffix(SUFFIXES[format])
     if target.is_dir():
         raise FERError(
             f"--out {target} is a folder: give a file name, e.g. {target / 'model'}{SUFFIXES[format]}"
         )
+    check_output_file(target, overwrite)
+    module = load_fer_checkpoint(checkpoint)
     return (export_onnx if format == "onnx" else export_torchscript)(module, target)
 
 
@@ -183,17 +188,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, help="output file (default: the checkpoint's path with .onnx or .pt)"
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     return parser.parse_args(argv)
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     """Export; prints the written file. Exit 2 with one ``fer: error:`` line for a user error."""
     args = parse_args(argv)
-    try:
-        out = export(args.checkpoint, args.format, args.out)
-    except FERError as error:
-        print(f"fer: error: {user_message(error)}", file=sys.stderr)
-        return 2
+    out = export(args.checkpoint, args.format, args.out, args.overwrite)
     print(f"wrote {out} ({args.format}, {out.stat().st_size / 2**20:.1f} MB)")
     return 0
 

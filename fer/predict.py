@@ -25,10 +25,14 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from fer.data.layout import IMAGE_EXTENSIONS
-from fer.data.transforms import Preprocessing, build_eval_transform, load_image
+from fer.data.decode import load_image
+from fer.data.preprocessing import Preprocessing
+from fer.data.sources.folders import IMAGE_EXTENSIONS
+from fer.data.transforms import build_eval_transform
 from fer.errors import CheckpointError, FERError, user_message
 from fer.export import load_fer_checkpoint, read_onnx_metadata, read_torchscript
+from fer.files import check_output_file
+from fer.run.cli import command, one_line
 
 IMAGE_SUFFIXES = IMAGE_EXTENSIONS | {".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pnm"}
 GLOB_CHARACTERS = "*?["
@@ -239,10 +243,6 @@ class PredictionRun:
     images: int = 0
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def _inputs(
     files: Sequence[Path],
     pre: Preprocessing,
@@ -258,7 +258,7 @@ def _inputs(
         try:
             image = load_image(file, pre.grayscale)
         except (FERError, Image.DecompressionBombError) as error:
-            message = _one_line(user_message(error))
+            message = one_line(user_message(error))
             run.failed.append((str(file), message))
             report(f"fer: skipped: {message}" if str(file) in message else f"fer: skipped {file}: {message}")
             continue
@@ -396,6 +396,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("model", help="a fer checkpoint (.ckpt), or an .onnx/.pt file from fer.export")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive), globs")
     parser.add_argument("--out", type=Path, help="also write the results to FILE.csv or FILE.json")
+    parser.add_argument("--overwrite", action="store_true", help="with --out: replace an existing file")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda when available")
     parser.add_argument(
@@ -419,19 +420,18 @@ def _check_options(args: argparse.Namespace) -> None:
         raise FERError(f"--margin must be 0 or more, got {args.margin}")
     if args.out is not None and args.out.suffix.lower() not in OUT_SUFFIXES:
         raise FERError(f"--out {args.out}: the file name must end in .csv or .json")
+    if args.out is not None:
+        check_output_file(args.out, args.overwrite)
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     """Classify, print the table, write ``--out``; 0 ok, 1 some files unreadable, 2 user error."""
     args = parse_args(argv)
-    try:
-        _check_options(args)
-        files = collect_images(args.paths)
-        classifier = load_classifier(args.model, args.device)
-        run = predict_files(classifier, files, args.batch_size, args.faces, args.margin)
-    except FERError as error:
-        print(f"fer: error: {_one_line(user_message(error))}", file=sys.stderr)
-        return 2
+    _check_options(args)
+    files = collect_images(args.paths)
+    classifier = load_classifier(args.model, args.device)
+    run = predict_files(classifier, files, args.batch_size, args.faces, args.margin)
     if run.predictions:
         print_table(run, classifier.class_names, args.faces)
     if args.out is not None:

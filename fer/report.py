@@ -131,7 +131,7 @@ def _sweep_syntax_keys(folder: Path, jobs: list[Job]) -> list[str]:
     multirun = _read_yaml(folder / "multirun.yaml") or {}
     task = ((multirun.get("hydra") or {}).get("overrides") or {}).get("task") or []
     if task:
-        from fer.config import swept_keys
+        from fer.run.config import swept_keys
 
         varied = swept_keys([str(o) for o in task])
         keys += [override_key(str(o)) for o in task if override_key(str(o)) in varied]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -132,16 +131,21 @@ def predict_split(
     checkpoint: str | Path, split: str = "test", data_dir: str | None = None, worst: int = 16
 ) -> Predictions:
     """Run a checkpoint over a split of the data it was trained on (or ``data_dir``), as ``fer.eval`` does."""
-    from fer.checkpoints import load_module
-    from fer.data import FERDataModule
+    from hydra.utils import instantiate
+
+    from fer.run.checkpoints import load_module, recorded_data_config
 
     model, saved = load_module(checkpoint, key="checkpoint")
     model.eval()
-    recorded: dict[str, Any] = dict(saved.get("datamodule_hyper_parameters") or {})
-    settings = {**recorded, **model.preprocessing.as_dict(), "feature_cache": False, "synthetic": None}
+    settings = recorded_data_config(saved)
+    if not settings:
+        raise FERError(f"{checkpoint} records no data settings: evaluate it with fer.eval data=<option>.")
+    settings.update(model.preprocessing.as_dict(), feature_cache=False, synthetic=None)
     if data_dir:
         settings["data_dir"] = data_dir
-    datamodule = FERDataModule(**settings)
+        if isinstance(settings.get("source"), dict):
+            settings["source"] = {**settings["source"], "root": str(data_dir)}
+    datamodule = instantiate(settings, _recursive_=False, _convert_="all")
     labels, probs, wrong_x, wrong_conf, wrong_index = [], [], [], [], []
     offset = 0
     for x, y in datamodule.loader_for(split):

@@ -1,11 +1,12 @@
-"""``python -m fer.train``: fit a MobileNetV3 expression classifier, then test its best checkpoint.
+"""``python -m fer.train``: fit an expression classifier, then test its best checkpoint.
 
-Everything is chosen by Hydra config (``conf/train.yaml``); ``--help`` lists the groups and options.
+Everything is chosen by Hydra config (``conf/train.yaml``); ``--help`` lists the groups and options. The
+data flow: ``cfg.data`` -> data source -> ``FERDataModule`` -> ``FERModule`` (built with the data's class
+names, preprocessing and class counts) -> Lightning ``Trainer`` -> run folder.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,59 +14,103 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from fer.atomic import atomic_write_text
-from fer.callbacks import StepSeed
-from fer.checkpoints import check_compatible, read_checkpoint
-from fer.config import CONFIG_DIR, flatten, plain, register_resolvers
 from fer.data import FERDataModule
+from fer.errors import FERError
+from fer.losses import balanced_class_weights
 from fer.models import FERModule
-from fer.provenance import record_run
-from fer.resume import compose_resumed, resumed_run
-from fer.runtime import (
+from fer.models.features import FeatureCache
+from fer.run.callbacks import AtomicCheckpointIO, RecordDataConfig, StepSeed
+from fer.run.checkpoints import check_checkpoint_path, check_compatible, read_checkpoint
+from fer.run.cli import hydra_command, user_errors
+from fer.run.config import CONFIG_DIR, flatten, plain, register_resolvers
+from fer.run.process import prepare_process
+from fer.run.record import record_run
+from fer.run.resume import compose_resumed, resumed_run
+from fer.run.trainer import (
     build_trainer,
-    check_checkpoint_path,
     log_hparams_with_metrics,
     print_metrics_table,
-    quiet_known_warnings,
-    report_user_errors,
     scalar_metrics,
-    tune_cpu_allocator,
+    write_metrics_file,
 )
 
 log = logging.getLogger("fer.train")
-register_resolvers()
-quiet_known_warnings()
-tune_cpu_allocator()
 
 HPARAM_METRICS = ["val/acc_best", "test/acc", "test/f1_macro"]
 HPARAM_SECTIONS = ("model", "freeze", "loss", "optimizer", "scheduler")
+# what Hydra itself puts into a run folder before the job starts
+HYDRA_ENTRIES = {".hydra", "train.log", "eval.log"}
+
+
+def build_datamodule(cfg: DictConfig) -> FERDataModule:
+    """The data module of ``cfg.data``; its ``source`` stays a config (the module builds and records it)."""
+    return instantiate(cfg.data, _recursive_=False, _convert_="all")
+
+
+def resolve_loss(loss: dict[str, Any], datamodule: FERDataModule) -> dict[str, Any]:
+    """``loss.class_weights=balanced`` as numbers: inverse class frequencies of the training split."""
+    if loss.get("class_weights") != "balanced":
+        return loss
+    counts = datamodule.train_class_counts
+    weights = balanced_class_weights(counts)
+    log.info("Balanced class weights from train counts %s: %s", counts, [round(w, 3) for w in weights])
+    return {**loss, "class_weights": weights}
 
 
 def build_module(cfg: DictConfig, datamodule: FERDataModule) -> FERModule:
-    """The LightningModule from ``cfg.model`` plus the freeze/loss/optimizer/scheduler groups."""
+    """The LightningModule from ``cfg.model`` plus the freeze/loss/optimizer/scheduler groups and what the
+    data says: its class names, preprocessing and (for balanced class weights) class counts."""
     freeze = {k: v for k, v in plain(cfg.freeze).items() if k != "callback"}
     return hydra.utils.instantiate(
         cfg.model,
         class_names=list(datamodule.class_names),
         preprocessing=datamodule.preprocessing.as_dict(),
         freeze=freeze,
-        loss=plain(cfg.loss),
+        loss=resolve_loss(plain(cfg.loss), datamodule),
         optimizer=plain(cfg.optimizer),
-        scheduler=plain(cfg.scheduler),
+        scheduler=plain(cfg.get("scheduler")),
         _recursive_=False,
+        _convert_="all",
     )
 
 
 def run_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The hyper-parameters shown in TensorBoard's HPARAMS tab (flat, scalars only)."""
+    """The hyper-parameters shown beside the final metrics (TensorBoard's HPARAMS tab; flat, scalars only)."""
     chosen = {section: plain(cfg.get(section)) or {} for section in HPARAM_SECTIONS}
     data = plain(cfg.data)
     chosen["data"] = {k: data.get(k) for k in ("image_size", "grayscale", "batch_size", "sampler", "augment")}
+    chosen["data"]["source"] = (data.get("source") or {}).get("_target_")
     chosen["trainer"] = {k: plain(cfg.trainer).get(k) for k in ("max_epochs", "precision", "accelerator")}
     chosen["seed"] = cfg.get("seed")
     return flatten(chosen)
+
+
+def check_new_run_folder(folder: Path, resuming: bool) -> None:
+    """A new run writes into a folder of its own: refuse one that already holds other files."""
+    if resuming or not folder.is_dir():
+        return
+    found = sorted(p.name for p in folder.iterdir() if p.name not in HYDRA_ENTRIES)
+    if found:
+        raise FERError(
+            f"The run folder {folder} already holds {found[:5]}: fer writes a new run into a folder of its own "
+            "and does not replace what is there. Choose a new hydra.run.dir (or leave it at its default), or "
+            f"continue the run that is there with resume={folder}."
+        )
+
+
+def training_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The callbacks that follow from the config groups (the callbacks group adds its own)."""
+    callbacks: list[L.Callback] = [RecordDataConfig()]
+    if cfg.freeze.get("callback"):
+        callbacks.append(hydra.utils.instantiate(cfg.freeze.callback))
+    if cfg.get("seed") is not None:
+        callbacks.append(StepSeed(cfg.seed))
+    if cfg.data.get("feature_cache"):
+        callbacks.append(FeatureCache())
+    return callbacks
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -74,18 +119,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
     ckpt_path = check_checkpoint_path(cfg.get("ckpt_path"))
     checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None  # weights_only=True
+    resuming = bool(cfg.get("resume"))
+    check_new_run_folder(Path(cfg.paths.output_dir), resuming)
 
-    datamodule: FERDataModule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    datamodule = build_datamodule(cfg)
     model = build_module(cfg, datamodule)
     resume_step = None
     if checkpoint is not None:
         check_compatible(checkpoint, model, ckpt_path, "ckpt_path")  # same backbone and classes
-        resume_step = int(checkpoint.get("global_step") or 0) if cfg.get("resume") else None
+        resume_step = int(checkpoint.get("global_step") or 0) if resuming else None
         del checkpoint
-    callbacks = [hydra.utils.instantiate(cfg.freeze.callback)] if cfg.freeze.get("callback") else []
-    if cfg.get("seed") is not None:
-        callbacks.append(StepSeed(cfg.seed))
-    trainer = build_trainer(cfg, callbacks, resume_step=resume_step)
+    trainer = build_trainer(
+        cfg, training_callbacks(cfg), resume_step=resume_step, plugins=[AtomicCheckpointIO()]
+    )
 
     if cfg.get("train"):
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -98,7 +144,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 "No best checkpoint was saved (fast_dev_run or no validation): testing the last weights."
             )
         test_ckpt = best or (ckpt_path if not cfg.get("train") else None)
-        trainer.test(model=model, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
+        trainer.test(
+            model=model, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False, weights_only=True
+        )
         metrics.update(scalar_metrics(trainer.callback_metrics))
 
     log_hparams_with_metrics(trainer, run_hparams(cfg), HPARAM_METRICS)
@@ -109,17 +157,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         write_metrics_file(Path(cfg.paths.output_dir), metrics, best or None)
     print_metrics_table("final metrics", metrics, notes)
     return metrics
-
-
-METRICS_FILE = "metrics.json"
-
-
-def write_metrics_file(run_dir: Path, metrics: dict[str, float], best_checkpoint: str | None) -> Path:
-    """The run's final metrics as JSON in its folder (what ``fer.report`` and scripts read)."""
-    payload = {"metrics": metrics, "best_checkpoint": best_checkpoint}
-    return atomic_write_text(
-        run_dir / METRICS_FILE, json.dumps(payload, indent=2, sort_keys=True) + "\n", "metrics"
-    )
 
 
 def record_this_start(cfg: DictConfig, overrides: list[str] | None = None) -> None:
@@ -141,18 +178,33 @@ def metric_for_sweeper(metrics: dict[str, float], name: str | None) -> float | N
     return metrics.get(name) if name else None
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    with report_user_errors():
-        run = resumed_run(cfg.get("resume"), cfg.get("ckpt_path"))
+def run(cfg: DictConfig) -> float | None:
+    """One training job: the composed config (or the resumed run's), recorded, then trained."""
+    with user_errors():
+        prepare_process()
+        resumed = resumed_run(cfg.get("resume"), cfg.get("ckpt_path"))
         overrides = None
-        if run is not None:
-            cfg, overrides = compose_resumed(run)
+        if resumed is not None:
+            cfg, overrides = compose_resumed(resumed)
         log.debug("Config:\n%s", OmegaConf.to_yaml(cfg))
         record_this_start(cfg, overrides)
         metrics = train(cfg)
     return metric_for_sweeper(metrics, cfg.get("optimized_metric"))
 
 
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def hydra_main(cfg: DictConfig) -> float | None:
+    return run(cfg)
+
+
+def main() -> Any:
+    """``python -m fer.train`` / ``fer-train``."""
+    register_resolvers()
+    return hydra_command(hydra_main)()
+
+
 if __name__ == "__main__":
-    main()
+    # run the importable module's entry point, so that sweep jobs pickle by reference to fer.train
+    from fer.train import main as importable_main
+
+    importable_main()

@@ -1,11 +1,25 @@
-"""Data: the MMAFEDB folder layout, image preprocessing, the Lightning data module, synthetic faces."""
+"""Data: sources (one per data set format), decoding and preprocessing, packing, loaders, the DataModule."""
 
 from typing import Any
 
-from fer.data.layout import CLASS_NAMES, SPLITS
-from fer.data.transforms import Augmentation, Preprocessing
+from fer.data.preprocessing import Augmentation, Preprocessing
+from fer.data.sources import CONTEMPT, EXPRESSIONS, MMAFEDB, SPLITS, DataSource, ImageFolders, SplitIndex
 
-__all__ = ["CLASS_NAMES", "SPLITS", "Augmentation", "FERDataModule", "Preprocessing"]
+CLASS_NAMES = EXPRESSIONS
+
+__all__ = [
+    "CLASS_NAMES",
+    "CONTEMPT",
+    "EXPRESSIONS",
+    "MMAFEDB",
+    "SPLITS",
+    "Augmentation",
+    "DataSource",
+    "FERDataModule",
+    "ImageFolders",
+    "Preprocessing",
+    "SplitIndex",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,11 +1,12 @@
-"""``python -m fer.data.audit DATA_DIR``: what is in an MMAFEDB-layout tree, and what repeats across splits.
+"""``python -m fer.data.audit DATA_DIR [--data NAME]``: what is in a data set, and what repeats across splits.
 
 Per split and class: image counts, modes, sizes and unreadable files. Across the whole tree: exact duplicates
 (same bytes, BLAKE2b) and near duplicates (a perceptual hash within :data:`DEFAULT_MAX_DISTANCE` bits), with
 how many images of each split have a copy in another one: MMAFEDB's valid/test are reported to repeat
 FER2013 images, and a copy of a test image in train inflates every test number.
 
-Every file is read and decoded once, in a process pool, in chunks; near duplicates are found by
+Any data source works (``--data`` names a ``conf/data`` option; default: class folders). Every sample is read
+and decoded once (image files in a process pool, in chunks; rows of a table in this process); near duplicates are found by
 multi-index hashing (split the hash into ``max_distance + 1`` bands: two hashes within ``max_distance`` bits
 agree exactly on at least one band), so only hashes sharing a band value are compared, not all N^2 pairs.
 """
@@ -16,24 +17,23 @@ import argparse
 import hashlib
 import io
 import json
-import multiprocessing
 import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
-from fer.data.layout import CLASS_NAMES, SPLITS, check_data_dir, index_split
-from fer.data.transforms import _to_8bit
-from fer.errors import FERError, user_message
-from fer.system import available_cores
+from fer.data.decode import as_8bit
+from fer.data.sources import DataSource, ImageFolders, SplitIndex
+from fer.errors import FERError
+from fer.files import check_output_file
+from fer.run.cli import command
+from fer.workers import available_cores, map_chunks
 
 # The perceptual hash: the 16x16 lowest frequencies of the 2-D DCT of the 48x48 gray image (MMAFEDB's own
 # size; other sizes are resized to it), without the DC term (overall brightness), each bit "above the median
@@ -87,9 +87,7 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def gray_48(image: Image.Image) -> Image.Image:
     """Any mode as 8-bit gray at the hash's size (16-bit gray rescaled, not clipped, as fer's loader does)."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        image = _to_8bit(image)
-    gray = image.convert("L")
+    gray = as_8bit(image, grayscale=True)
     return (
         gray
         if gray.size == (HASH_SIDE, HASH_SIDE)
@@ -111,11 +109,12 @@ class Scan:
     hashes: np.ndarray  # (N, 32) uint8 perceptual hashes (zeros for unreadable files)
 
 
-def scan_chunk(paths: Sequence[str]) -> Scan:
-    """Read, hash and decode a few files; a file that fails is recorded with its error, never raised."""
+def scan_chunk(items: Sequence[tuple[str, Any]], start: int = 0) -> Scan:
+    """Read, hash and decode a few image files (``(path, face box or None)``); a file that fails is recorded
+    with its error, never raised."""
     digests, modes, sizes, errors = [], [], [], {}
-    gray = np.zeros((len(paths), HASH_SIDE, HASH_SIDE), dtype=np.uint8)
-    for i, path in enumerate(paths):
+    gray = np.zeros((len(items), HASH_SIDE, HASH_SIDE), dtype=np.uint8)
+    for i, (path, box) in enumerate(items):
         digest, mode, size = b"", "", (0, 0)
         try:
             with open(path, "rb") as handle:
@@ -124,6 +123,12 @@ def scan_chunk(paths: Sequence[str]) -> Scan:
             with Image.open(io.BytesIO(data)) as image:
                 mode, size = image.mode, image.size
                 image.load()
+                if box is not None:
+                    x, y, w, h = box
+                    image = image.crop(
+                        (max(0, x), max(0, y), min(image.width, x + w), min(image.height, y + h))
+                    )
+                    size = image.size
                 gray[i] = np.asarray(gray_48(image))
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
             errors[i] = f"{type(error).__name__}: {error}"
@@ -136,34 +141,41 @@ def scan_chunk(paths: Sequence[str]) -> Scan:
     return Scan(digests, modes, sizes, errors, hashes)
 
 
-def scan_files(paths: Sequence[str], workers: int, progress: bool = True) -> Scan:
-    """:func:`scan_chunk` over every file, in a process pool of ``workers`` (chunks of :data:`CHUNK`)."""
-    chunks = [(start, paths[start : start + CHUNK]) for start in range(0, len(paths), CHUNK)]
-    results: dict[int, Scan] = {}
-    with tqdm(total=len(paths), desc="audit", unit="img", disable=None if progress else True) as bar:
-        if workers < 2 or len(paths) < SERIAL_LIMIT:
-            for start, part in chunks:
-                results[start] = scan_chunk(part)
-                bar.update(len(part))
-        else:
-            # fork: workers inherit the imported modules instead of importing them again
-            fork = "fork" in multiprocessing.get_all_start_methods()
-            context = multiprocessing.get_context("fork") if fork else None
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                futures = {pool.submit(scan_chunk, part): (start, len(part)) for start, part in chunks}
-                for future in as_completed(futures):
-                    start, count = futures[future]
-                    results[start] = future.result()
-                    bar.update(count)
-    scan = Scan([], [], [], {}, np.zeros((len(paths), HASH_BITS // 8 + 1), dtype=np.uint8))
-    for start, _part in chunks:
-        part = results[start]
+def scan_pixels(pixels: np.ndarray) -> Scan:
+    """The same for images stored as rows of a table (``(N, H, W[, 3])`` uint8): a digest of the pixels."""
+    digests, modes, sizes = [], [], []
+    gray = np.zeros((len(pixels), HASH_SIDE, HASH_SIDE), dtype=np.uint8)
+    for i, row in enumerate(pixels):
+        digests.append(hashlib.blake2b(np.ascontiguousarray(row).tobytes(), digest_size=16).digest())
+        image = Image.fromarray(row)
+        modes.append(image.mode)
+        sizes.append(image.size)
+        gray[i] = np.asarray(gray_48(image))
+    return Scan(digests, modes, sizes, {}, perceptual_hashes(gray))
+
+
+def _concat(parts: list[Scan]) -> Scan:
+    total = sum(len(part.digests) for part in parts)
+    scan = Scan([], [], [], {}, np.zeros((total, HASH_BITS // 8 + 1), dtype=np.uint8))
+    for part in parts:
+        start = len(scan.digests)
         scan.digests += part.digests
         scan.modes += part.modes
         scan.sizes += part.sizes
         scan.errors.update({start + i: message for i, message in part.errors.items()})
         scan.hashes[start : start + len(part.digests)] = part.hashes
     return scan
+
+
+def scan_index(index: SplitIndex, workers: int, progress: bool = True) -> Scan:
+    """Every sample of a split: files in a process pool of ``workers`` (chunks of :data:`CHUNK`)."""
+    if index.pixels is not None:
+        return scan_pixels(index.pixels)
+    results = map_chunks(
+        scan_chunk, index.file_samples(), workers=workers, chunk=CHUNK, serial_limit=SERIAL_LIMIT,
+        desc=f"audit {index.split}", progress=progress,
+    )  # fmt: skip
+    return _concat([part for _, part in results])
 
 
 # ------------------------------------------------------------------------------------------ duplicates
@@ -288,37 +300,49 @@ def similar_groups(hashes: np.ndarray, readable: np.ndarray, max_distance: int) 
 
 @dataclass(frozen=True)
 class Files:
-    """The listed files of every split: relative paths, split and class of each."""
+    """The samples of every split: their names (relative paths, or file and line), split and class."""
 
     root: Path
-    paths: list[str]
     relative: list[str]
     splits: list[str]
     classes: list[str]
+    split_names: tuple[str, ...]
+    class_names: tuple[str, ...]
 
 
-def list_files(data_dir: str | Path) -> Files:
-    """Every image of every split, in fer's layout order (the layout is checked with fer's messages)."""
-    root = check_data_dir(data_dir)
-    paths, relative, splits, classes = [], [], [], []
-    for split in SPLITS:
-        index = index_split(root, split)
-        paths += index.paths
-        relative += [Path(p).relative_to(root).as_posix() for p in index.paths]
+def _relative(path: str, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return path
+
+
+def list_and_scan(source: DataSource, workers: int, progress: bool = True) -> tuple[Files, Scan]:
+    """Every sample of every split of ``source`` (checked with fer's messages), read once."""
+    root = source.root.resolve()
+    relative, splits, classes, scans = [], [], [], []
+    for split in source.splits:
+        index = source.index(split)
+        relative += [_relative(p, root) for p in index.paths]
         splits += [split] * len(index)
         classes += [index.class_names[label] for label in index.labels]
-    return Files(root, paths, relative, splits, classes)
+        scans.append(scan_index(index, workers, progress))
+    return Files(root, relative, splits, classes, tuple(source.splits), tuple(source.class_names)), _concat(
+        scans
+    )
 
 
 def _split_stats(files: Files, scan: Scan) -> dict[str, Any]:
     """Per split and class: images, modes, the most common size and how many differ, unreadable files."""
-    members: dict[tuple[str, str], list[int]] = {(s, c): [] for s in SPLITS for c in CLASS_NAMES}
+    members: dict[tuple[str, str], list[int]] = {
+        (s, c): [] for s in files.split_names for c in files.class_names
+    }
     for i, key in enumerate(zip(files.splits, files.classes, strict=True)):
         members[key].append(i)
     stats: dict[str, Any] = {}
-    for split in SPLITS:
+    for split in files.split_names:
         classes = {}
-        for name in CLASS_NAMES:
+        for name in files.class_names:
             listed = members[(split, name)]
             readable = [i for i in listed if i not in scan.errors]
             sizes = Counter(scan.sizes[i] for i in readable).most_common(1)
@@ -335,25 +359,27 @@ def _split_stats(files: Files, scan: Scan) -> dict[str, Any]:
     return stats
 
 
-def leakage(groups: list[list[int]], splits: list[str], totals: dict[str, int]) -> dict[str, dict[str, int]]:
+def leakage(
+    groups: list[list[int]], splits: list[str], totals: dict[str, int], names: Sequence[str]
+) -> dict[str, dict[str, int]]:
     """``[S][T]``: images of split S with a copy in split T (for S == T: another copy within S)."""
-    matrix = {s: dict.fromkeys(SPLITS, 0) for s in SPLITS}
+    matrix = {s: dict.fromkeys(names, 0) for s in names}
     for group in groups:
         counts = Counter(splits[i] for i in group)
         for split, count in counts.items():
-            for other in SPLITS:
+            for other in names:
                 partners = counts.get(other, 0) - (1 if other == split else 0)
                 if partners > 0:
                     matrix[split][other] += count
-    return {s: {"images": totals[s], **matrix[s]} for s in SPLITS}
+    return {s: {"images": totals[s], **matrix[s]} for s in names}
 
 
 def _group_json(group: list[int], files: Files, scan: Scan | None = None) -> dict[str, Any]:
     first = group[0]
     entry: dict[str, Any] = {
         "paths": [files.relative[i] for i in group],
-        "splits": sorted({files.splits[i] for i in group}, key=SPLITS.index),
-        "classes": sorted({files.classes[i] for i in group}, key=CLASS_NAMES.index),
+        "splits": sorted({files.splits[i] for i in group}, key=files.split_names.index),
+        "classes": sorted({files.classes[i] for i in group}, key=files.class_names.index),
     }
     if scan is not None:
         entry["distances"] = [int(hamming(scan.hashes[first], scan.hashes[i])) for i in group]
@@ -368,34 +394,39 @@ def _ranked(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def audit(
-    data_dir: str | Path,
+    source: DataSource | str | Path,
     max_distance: int = DEFAULT_MAX_DISTANCE,
     workers: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Scan a data folder and return the whole report as JSON-ready data (what ``--format json`` writes)."""
+    """Scan a data set (a source, or a folder of class folders) and return the whole report as JSON-ready
+    data (what ``--format json`` writes)."""
     if not 0 <= max_distance < HASH_BITS // 2:
         raise FERError(f"--max-distance must be between 0 and {HASH_BITS // 2 - 1}, got {max_distance}")
-    files = list_files(data_dir)
+    if not isinstance(source, DataSource):
+        source = ImageFolders(source)
     workers = workers or available_cores()
     start = time.perf_counter()
-    scan = scan_files(files.paths, workers, progress)
+    files, scan = list_and_scan(source, workers, progress)
     scan_seconds = time.perf_counter() - start
-    readable = np.ones(len(files.paths), dtype=bool)
+    count = len(files.relative)
+    readable = np.ones(count, dtype=bool)
     readable[list(scan.errors)] = False
     exact = exact_groups(scan.digests, readable)
     similar = similar_groups(scan.hashes, readable, max_distance)
     # a near-duplicate group is one whose files are not all byte-identical
     near = [group for group in similar if len({scan.digests[i] for i in group}) > 1]
-    totals = {split: files.splits.count(split) for split in SPLITS}
+    names = files.split_names
+    totals = {split: files.splits.count(split) for split in names}
     return {
         "data_dir": str(files.root),
-        "images": len(files.paths),
+        "source": source.config()["_target_"],
+        "images": count,
         "unreadable_count": len(scan.errors),
         "scan": {
             "seconds": round(scan_seconds, 3),
-            "images_per_s": round(len(files.paths) / scan_seconds, 1) if scan_seconds > 0 else None,
-            "workers": workers if workers > 1 and len(files.paths) >= SERIAL_LIMIT else 1,
+            "images_per_s": round(count / scan_seconds, 1) if scan_seconds > 0 else None,
+            "workers": workers if workers > 1 and count >= SERIAL_LIMIT else 1,
             "seconds_total": round(time.perf_counter() - start, 3),
         },
         "near_duplicate_rule": {
@@ -409,8 +440,8 @@ def audit(
         "exact_duplicates": _ranked([_group_json(g, files) for g in exact]),
         "near_duplicates": _ranked([_group_json(g, files, scan) for g in near]),
         "leakage": {
-            "exact": leakage(exact, files.splits, totals),
-            "exact_or_near": leakage(similar, files.splits, totals),
+            "exact": leakage(exact, files.splits, totals, names),
+            "exact_or_near": leakage(similar, files.splits, totals, names),
         },
     }
 
@@ -427,11 +458,12 @@ def _percent(part: int, whole: int) -> str:
 
 
 def _leak_table(matrix: dict[str, dict[str, int]]) -> list[str]:
-    lines = ["| split | images | " + " | ".join(f"copy in {s}" for s in SPLITS) + " |"]
-    lines.append("|---|---:|" + "---:|" * len(SPLITS))
-    for split in SPLITS:
+    names = list(matrix)
+    lines = ["| split | images | " + " | ".join(f"copy in {s}" for s in names) + " |"]
+    lines.append("|---|---:|" + "---:|" * len(names))
+    for split in names:
         row = matrix[split]
-        lines.append(f"| {split} | {row['images']:,} | " + " | ".join(f"{row[s]:,}" for s in SPLITS) + " |")
+        lines.append(f"| {split} | {row['images']:,} | " + " | ".join(f"{row[s]:,}" for s in names) + " |")
     return lines
 
 
@@ -470,7 +502,7 @@ def render_markdown(report: dict[str, Any], examples: int = 10) -> str:
     lines = [
         f"# Data audit of {report['data_dir']}",
         "",
-        f"{report['images']:,} images in {len(SPLITS)} splits, {report['unreadable_count']:,} unreadable; "
+        f"{report['images']:,} images in {len(report['splits'])} splits, {report['unreadable_count']:,} unreadable; "
         f"read in {scan['seconds']:.1f} s ({scan['images_per_s']:,.0f} images/s, "
         f"{_processes(scan['workers'])}).",
         "",
@@ -490,7 +522,8 @@ def render_markdown(report: dict[str, Any], examples: int = 10) -> str:
         "",
     ]
     exact, near = report["leakage"]["exact"], report["leakage"]["exact_or_near"]
-    for split, other in (("valid", "train"), ("test", "train"), ("test", "valid")):
+    names = list(exact)
+    for split, other in [(s, o) for i, s in enumerate(names) for o in names[:i]][::-1]:
         total = exact[split]["images"]
         lines.append(
             f"- **{split} vs {other}**: {exact[split][other]:,} of {total:,} {split} images "
@@ -532,13 +565,18 @@ def render_markdown(report: dict[str, Any], examples: int = 10) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="fer-audit",
-        description="Count, check and de-duplicate an MMAFEDB-layout tree (DIR/{train,valid,test}/<class>/).",
+        description="Count, check and de-duplicate a data set: class folders DIR/{train,valid,test}/<class>/ "
+        "by default, or any data=<NAME> format of conf/data/ (fer2013, rafdb, ...).",
     )
     parser.add_argument("data_dir", type=Path, help="the data folder, e.g. data/MMAFEDB")
+    parser.add_argument(
+        "--data", metavar="NAME", help="the data set format: a conf/data option (default: class folders)"
+    )
     parser.add_argument(
         "--format", choices=FORMATS, default="markdown", help="report format (default: %(default)s)"
     )
     parser.add_argument("--out", type=Path, metavar="FILE", help="write the report here instead of stdout")
+    parser.add_argument("--overwrite", action="store_true", help="with --out: replace an existing file")
     parser.add_argument(
         "--max-distance",
         type=int,
@@ -553,27 +591,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def source_for(data: str | None, data_dir: Path) -> DataSource:
+    """The source of ``conf/data/<data>.yaml`` over ``data_dir`` (class folders without ``data``)."""
+    if data is None:
+        return ImageFolders(data_dir)
+    from fer.run.config import compose_data_source
+
+    return compose_data_source(data, data_dir)
+
+
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     """Print (or ``--out``) the report; 0 when made, 2 with one ``fer: error:`` line for a user mistake."""
     args = parse_args(argv)
-    try:
-        if args.workers is not None and args.workers < 1:
-            raise FERError(f"--workers must be at least 1, got {args.workers}")
-        report = audit(args.data_dir, args.max_distance, args.workers, progress=not args.no_progress)
-    except FERError as error:
-        print(f"fer: error: {user_message(error)}", file=sys.stderr)
-        return 2
+    if args.workers is not None and args.workers < 1:
+        raise FERError(f"--workers must be at least 1, got {args.workers}")
+    out = check_output_file(args.out, args.overwrite) if args.out is not None else None
+    source = source_for(args.data, args.data_dir)
+    report = audit(source, args.max_distance, args.workers, progress=not args.no_progress)
     text = (
         json.dumps(report, indent=2) + "\n"
         if args.format == "json"
         else render_markdown(report, args.examples)
     )
-    if args.out is None:
+    if out is None:
         sys.stdout.write(text)
     else:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        print(f"wrote {args.out}", file=sys.stderr)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"wrote {out}", file=sys.stderr)
     return 0
 
 

@@ -1,48 +1,32 @@
-"""``FERDataModule``: the MMAFEDB train/valid/test folders as Lightning dataloaders."""
+"""``FERDataModule``: a data source's train/valid/test splits as Lightning dataloaders.
+
+The source (``fer.data.sources``) lists the samples; this module checks them, packs them (or decodes them
+per image), augments them and serves batches. It never runs the model: cached features of a frozen
+backbone are computed by model code (``fer.models.features``) and handed in with :meth:`use_features`.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from lightning import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import DataLoader
 
-from fer.atomic import OutputWriteError, atomic_open, atomic_write_text
-from fer.config import plain
-from fer.data.batch_transforms import BatchAugmentation
-from fer.data.layout import CLASS_NAMES, SPLITS, SplitIndex, check_data_dir, index_split
-from fer.data.packed import (
-    BadImage,
-    PackedBatches,
-    PackedSplit,
-    check_bad_image_mode,
-    derive_seed,
-    find_bad_images,
-    pack_split,
-)
-from fer.data.sampling import EpochSampler, ResumableDataLoader
-from fer.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Augmentation,
-    Preprocessing,
-    build_eval_transform,
-    build_train_transform,
-    load_image,
-    to_model_input,
-)
+from fer.data.augment import BatchAugmentation
+from fer.data.loaders import EpochSampler, PackedBatches, ResumableDataLoader, SampleDataset
+from fer.data.packing import BadImage, PackedSplit, check_bad_image_mode, find_bad_images, pack_split
+from fer.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Augmentation, Preprocessing
+from fer.data.sources import DataSource, SplitIndex
+from fer.data.transforms import build_eval_transform, build_train_transform, to_model_input
 from fer.errors import DataLayoutError, FERError
+from fer.files import atomic_write_text
+from fer.instantiate import build
 
 log = logging.getLogger(__name__)
 
@@ -51,33 +35,27 @@ PACKED_DEVICES = ("auto", "cpu")
 # in the run folder (the Trainer's default_root_dir): the images left out with data.on_bad_image=skip
 SKIPPED_IMAGES_FILE = "skipped_images.txt"
 STAGE_SPLITS = {"fit": ("train", "valid"), "validate": ("valid",), "test": ("test",), "predict": ("test",)}
+SPLIT_STAGES = {"train": "fit", "valid": "validate", "test": "test"}
+DEFAULT_SOURCE = {"_target_": "fer.data.sources.MMAFEDB"}
 
 
-class ImageFolderDataset(Dataset):
-    """Images of one split, decoded with :func:`load_image` and passed through ``transform``."""
-
-    def __init__(self, index: SplitIndex, transform: Callable, grayscale: bool = True) -> None:
-        self.index = index
-        self.transform = transform
-        self.grayscale = grayscale
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
-        """``key``: an index, or ``(index, seed)`` from :class:`EpochSampler`: the random augmentation then
-        draws from that seed, whichever process or worker loads the image."""
-        i, seed = key if isinstance(key, tuple) else (key, None)
-        image = load_image(self.index.paths[i], grayscale=self.grayscale)
-        if seed is None:
-            return self.transform(image), self.index.labels[i]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.transform(image), self.index.labels[i]
+def build_source(source: Mapping[str, Any] | DataSource | None, data_dir: str | Path | None) -> DataSource:
+    """A data source from its config (``_target_`` plus arguments; ``root`` defaults to ``data_dir``)."""
+    if isinstance(source, DataSource):
+        return source
+    spec = dict(source or DEFAULT_SOURCE)
+    if data_dir is not None:
+        spec.setdefault("root", str(data_dir))
+    built = build(spec, "data.source")
+    if not isinstance(built, DataSource):
+        raise FERError(
+            f"data.source._target_={spec.get('_target_')} does not build a fer.data.sources.DataSource."
+        )
+    return built
 
 
 class FERDataModule(LightningDataModule):
-    """Reads ``data_dir/{train,valid,test}/<class>/<image>``; class index = alphabetical class order.
+    """The splits of ``source`` (default: MMAFEDB's class folders under ``data_dir``) as dataloaders.
 
     ``synthetic`` (a mapping of :func:`fer.data.synthetic.ensure_synthetic_dataset` arguments) makes the
     module generate a drawn-faces data set into ``data_dir`` on first use, so everything runs offline.
@@ -85,7 +63,8 @@ class FERDataModule(LightningDataModule):
 
     def __init__(
         self,
-        data_dir: str | Path,
+        data_dir: str | Path | None = None,
+        source: Mapping[str, Any] | DataSource | None = None,
         image_size: int = 112,
         grayscale: bool = True,
         mean: Sequence[float] = IMAGENET_MEAN,
@@ -98,7 +77,6 @@ class FERDataModule(LightningDataModule):
         persistent_workers: bool = True,
         sampler: str = "random",
         synthetic: Mapping[str, Any] | None = None,
-        class_names: Sequence[str] = CLASS_NAMES,
         packed: bool = True,
         pack_size: int | None = None,
         cache_dir: str | Path | None = None,
@@ -121,17 +99,17 @@ class FERDataModule(LightningDataModule):
             raise FERError(f"data.feature_cache_views must be at least 1, got {feature_cache_views}.")
         if batch_size < 1:
             raise FERError(f"data.batch_size must be at least 1, got {batch_size}.")
-        self.data_dir = Path(data_dir).expanduser()
+        self.source = build_source(source, data_dir)
+        self.data_dir = self.source.root
         self.preprocessing = Preprocessing(int(image_size), bool(grayscale), tuple(mean), tuple(std))
-        self.augmentation = Augmentation(**(plain(augment) or {}))
+        self.augmentation = Augmentation(**dict(augment or {}))
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.num_workers = int(num_workers)
         self.pin_memory = bool(pin_memory)
         self.persistent_workers = bool(persistent_workers) and self.num_workers > 0
         self.sampler = sampler
-        self.synthetic = plain(synthetic) if synthetic else None
-        self.class_names = tuple(class_names)
+        self.synthetic = dict(synthetic) if synthetic else None
         self.packed = bool(packed)
         self.pack_size = int(pack_size) if pack_size else None
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else self.data_dir / ".fer-cache"
@@ -146,17 +124,21 @@ class FERDataModule(LightningDataModule):
         self.batch_size_per_device = self.batch_size
         self.indexes: dict[str, SplitIndex] = {}
         self.packs: dict[str, PackedSplit] = {}
-        # split -> {"images", "seconds"} of feature-cache passes computed in this process
-        self.feature_cache_stats: dict[str, dict[str, float]] = {}
+        self.datasets: dict[str, SampleDataset] = {}
+        # split -> (views, N, D) features of a frozen backbone, handed in by fer.models.features
+        self.features: dict[str, Tensor] = {}
         # plain data only, so checkpoints load with weights_only=True
         self.save_hyperparameters(
             {
                 "data_dir": str(self.data_dir),
+                "source": self.source.config(),
                 "image_size": self.preprocessing.image_size,
                 "grayscale": self.preprocessing.grayscale,
                 "mean": list(self.preprocessing.mean),
                 "std": list(self.preprocessing.std),
-                "augment": plain(vars(self.augmentation)),
+                "augment": {
+                    k: list(v) if isinstance(v, tuple) else v for k, v in vars(self.augmentation).items()
+                },
                 "batch_size": self.batch_size,
                 "eval_batch_size": self.eval_batch_size,
                 "num_workers": self.num_workers,
@@ -164,7 +146,6 @@ class FERDataModule(LightningDataModule):
                 "persistent_workers": bool(persistent_workers),
                 "sampler": sampler,
                 "synthetic": self.synthetic,
-                "class_names": list(self.class_names),
                 "packed": self.packed,
                 "pack_size": self.pack_size,
                 "cache_dir": str(self.cache_dir),
@@ -176,7 +157,10 @@ class FERDataModule(LightningDataModule):
                 "on_bad_image": self.on_bad_image,
             }
         )
-        self.datasets: dict[str, ImageFolderDataset] = {}
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.source.class_names
 
     def prepare_data(self) -> None:
         if self.synthetic is not None:
@@ -192,8 +176,7 @@ class FERDataModule(LightningDataModule):
                 f"{world_size} devices of this run: choose a multiple of {world_size}."
             )
         self.batch_size_per_device = self.batch_size // world_size
-        check_data_dir(self.data_dir)
-        for split in STAGE_SPLITS.get(stage or "", SPLITS):
+        for split in STAGE_SPLITS.get(stage or "", self.source.splits):
             if split in self.datasets or split in self.packs:
                 continue
             index = self.split_index(split)
@@ -204,36 +187,31 @@ class FERDataModule(LightningDataModule):
                 if split == "train"
                 else build_eval_transform(self.preprocessing)
             )
-            self.datasets[split] = ImageFolderDataset(index, transform, self.preprocessing.grayscale)
+            self.datasets[split] = SampleDataset(index, transform, self.preprocessing.grayscale)
         if any(self.skipped.values()):
             self._write_skipped_list()
 
     def split_index(self, split: str) -> SplitIndex:
-        """The readable files of a split, indexed and decoded once on first use (packed: into the pack;
+        """The readable samples of a split, indexed and decoded once on first use (packed: into the pack;
         otherwise a check whose result is cached); unreadable ones are left out or stop the run
         (``on_bad_image``)."""
         if split in self.indexes:
             return self.indexes[split]
-        index = index_split(self.data_dir, split, self.class_names)
+        if self.synthetic is not None and not self.data_dir.is_dir():
+            self.prepare_data()
+        index = self.source.index(split)
         show = getattr(self.trainer, "is_global_zero", True)
         grayscale = self.preprocessing.grayscale
+        options = {"progress": show, "on_bad_image": self.on_bad_image}
         if self.packed:
-            pack = pack_split(
-                index,
-                self.cache_dir,
-                self.pack_size,
-                grayscale,
-                progress=show,
-                on_bad_image=self.on_bad_image,
-            )
+            pack = pack_split(index, self.cache_dir, self.pack_size, grayscale, **options)
             self.packs[split] = pack
             skipped = pack.skipped
         else:
-            skipped = find_bad_images(
-                index, self.cache_dir, grayscale, progress=show, on_bad_image=self.on_bad_image
-            )
+            skipped = find_bad_images(index, self.cache_dir, grayscale, **options)
         if skipped:
-            index = index.without({path for path, _ in skipped})
+            bad = {path for path, _ in skipped}
+            index = index.select([i for i, path in enumerate(index.paths) if path not in bad])
             self.skipped[split] = skipped
             if show:
                 self._warn_skipped(split, skipped, len(index) + len(skipped))
@@ -255,11 +233,11 @@ class FERDataModule(LightningDataModule):
         ]
         if not empty:
             return
-        why = "all of them unreadable" if skipped else "empty folder"
+        why = "all of them unreadable" if skipped else "no images"
         if index.split == "train":
             raise DataLayoutError(
                 f"No readable training images of class(es) {empty} in {index.root} ({why}): every class needs "
-                "training images. Add images to those class folders."
+                "training images. Add images of those classes."
             )
         log.warning(
             "%s: no readable images of class(es) %s in %s (%s); the metrics still cover all %d classes.",
@@ -286,7 +264,8 @@ class FERDataModule(LightningDataModule):
         path = self._skipped_list_path()
         if path is None or not getattr(self.trainer, "is_global_zero", True):
             return
-        lines = [f"{file}\t{reason}\n" for split in SPLITS for file, reason in self.skipped.get(split, ())]
+        splits = self.source.splits
+        lines = [f"{file}\t{reason}\n" for split in splits for file, reason in self.skipped.get(split, ())]
         atomic_write_text(path, "".join(lines), "the list of skipped images")
 
     @property
@@ -298,7 +277,7 @@ class FERDataModule(LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def _device(self) -> torch.device:
+    def device(self) -> torch.device:
         """Where packed data lives: the GPU the model trains on (``packed_device=auto``), else the CPU."""
         trainer = self.trainer
         if self.packed_device == "auto" and trainer is not None:
@@ -307,10 +286,11 @@ class FERDataModule(LightningDataModule):
                 return device
         return torch.device("cpu")
 
-    def _pack(self, split: str) -> PackedSplit:
+    def pack(self, split: str) -> PackedSplit:
+        """The packed split on :meth:`device` (packed on first use)."""
         if split not in self.packs:
-            self.setup({"train": "fit", "valid": "validate", "test": "test"}[split])
-        device = self._device()
+            self.setup(SPLIT_STAGES[split])
+        device = self.device()
         if self.packs[split].images.device != device:
             self.packs[split] = self.packs[split].to(device)
         return self.packs[split]
@@ -322,16 +302,27 @@ class FERDataModule(LightningDataModule):
         labels = torch.tensor(self.split_index("train").labels)
         return (1.0 / counts.clamp(min=1))[labels]
 
+    def batch_transform(self, split: str) -> Any:
+        """What turns a packed uint8 batch of ``split`` into model input: the augmentation for ``train``,
+        the evaluation preprocessing otherwise (both ``(batch, generator) -> tensor``)."""
+        if split == "train":
+            return BatchAugmentation(self.preprocessing, self.augmentation)
+        return partial(_eval_batch, pre=self.preprocessing)
+
+    def augments(self) -> bool:
+        aug = self.augmentation
+        return bool(aug.crop_scale or aug.hflip or aug.rotation or aug.erasing)
+
     def _packed_loader(self, split: str) -> PackedBatches:
-        pack = self._pack(split)
+        pack = self.pack(split)
         train = split == "train"
         rank, world_size = self._distributed()
-        pre = self.preprocessing
         return PackedBatches(
             pack.images,
             pack.labels,
             self.batch_size_per_device if train else self.eval_batch_size,
-            transform=BatchAugmentation(pre, self.augmentation) if train else partial(_eval_batch, pre=pre),
+            targets=pack.targets,
+            transform=self.batch_transform(split),
             shuffle=train,
             seed=self.seed,
             weights=self._sampler_weights() if train else None,
@@ -344,7 +335,7 @@ class FERDataModule(LightningDataModule):
         if self.packed:
             return self._packed_loader(split)
         if split not in self.datasets:
-            self.setup({"train": "fit", "valid": "validate", "test": "test"}[split])
+            self.setup(SPLIT_STAGES[split])
         train = split == "train"
         dataset = self.datasets[split]
         kind, sampler = DataLoader, None
@@ -364,39 +355,32 @@ class FERDataModule(LightningDataModule):
             drop_last=split == "train" and self.drop_last,
         )
 
-    def train_dataloader(self) -> DataLoader | PackedBatches:
-        if self.feature_cache:
-            return self._feature_loader("train")
-        return self._loader("train")
+    # --- features of a frozen backbone (data.feature_cache=true) ---------------------------------------
+    def use_features(self, split: str, features: Tensor) -> None:
+        """Serve ``features`` ``(views, N, D)`` (one row per packed image of ``split``, per augmented view)
+        instead of the images: the frozen front ran once, the head trains on what it gave."""
+        if features.dim() != 3 or features.shape[1] != len(self.pack(split)):
+            raise ValueError(
+                f"features for {split} must be (views, {len(self.pack(split))}, D), got {tuple(features.shape)}"
+            )
+        self.features[split] = features
 
-    def val_dataloader(self) -> DataLoader | PackedBatches:
-        if self.feature_cache:
-            return self._feature_loader("valid")
-        return self._loader("valid")
-
-    def test_dataloader(self) -> DataLoader | PackedBatches:
-        return self._loader("test")
-
-    def loader_for(self, split: str) -> DataLoader | PackedBatches:
-        """An evaluation loader of images for ``valid`` or ``test`` (used by ``fer.eval split=...``)."""
-        return self._loader(split)
-
-    # --- cached features of a frozen front (freeze=backbone|last_layer) ------------------------------
     def _feature_loader(self, split: str) -> PackedBatches:
-        """Batches of stored features: the frozen front ran once per image (per view), the head trains."""
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        if module is None or not hasattr(module, "frozen_extractor"):
-            raise FERError("data.feature_cache=true needs a fer.models.FERModule attached to the Trainer.")
-        extractor = module.frozen_extractor()
+        if split not in self.features:
+            raise FERError(
+                "data.feature_cache=true: no features were handed to the data module (fer.train adds the "
+                "fer.models.features.FeatureCache callback that computes them; add it when training by hand)."
+            )
+        features = self.features[split]
+        pack = self.pack(split)
         train = split == "train"
-        views = self.feature_cache_views if train and self._augments() else 1
-        features = self._features(split, extractor, views, module)
         rank, world_size = self._distributed()
-        pack = self._pack(split)
+        views = int(features.shape[0])
         return PackedBatches(
             features if views > 1 else features[0],
             pack.labels.to(features.device),
             self.batch_size_per_device if train else self.eval_batch_size,
+            targets=pack.targets.to(features.device) if pack.targets is not None else None,
             shuffle=train,
             seed=self.seed,
             weights=self._sampler_weights() if train else None,
@@ -406,58 +390,18 @@ class FERDataModule(LightningDataModule):
             drop_last=train and self.drop_last,
         )
 
-    def _augments(self) -> bool:
-        aug = self.augmentation
-        return bool(aug.crop_scale or aug.hflip or aug.rotation or aug.erasing)
+    def train_dataloader(self) -> DataLoader | PackedBatches:
+        return self._feature_loader("train") if self.feature_cache else self._loader("train")
 
-    def _features(self, split: str, extractor: torch.nn.Module, views: int, module: Any) -> Tensor:
-        """``(views, N, D)`` features, read from the cache folder or computed (and stored) once."""
-        pack = self._pack(split)
-        device = module.device
-        digest = hashlib.sha256()
-        for name, tensor in extractor.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        train = split == "train"
-        recipe = [pack.key, self.preprocessing.as_dict(), views, self.seed, str(self.trainer.precision)]
-        if train:
-            recipe.append(plain(vars(self.augmentation)))
-        digest.update(json.dumps(recipe, sort_keys=True, default=str).encode())
-        path = self.cache_dir / f"features-{split}-{digest.hexdigest()[:20]}.npy"
-        if path.is_file():
-            features = torch.from_numpy(np.load(path, mmap_mode="c"))
-            log.info("%s: cached features %s from %s", split, tuple(features.shape), path)
-            return features.to(self._device())
-        start = time.perf_counter()
-        transform = BatchAugmentation(self.preprocessing, self.augmentation) if train else None
-        chunks: list[Tensor] = []
-        show = self.trainer.is_global_zero
-        with torch.no_grad(), self.trainer.precision_plugin.forward_context():
-            for view in range(views):
-                loader = PackedBatches(
-                    pack.images,
-                    pack.labels,
-                    self.eval_batch_size,
-                    transform=transform or partial(_eval_batch, pre=self.preprocessing),
-                    seed=derive_seed(self.seed, view),
-                )
-                desc = f"caching {split} features" + (f" (view {view + 1}/{views})" if views > 1 else "")
-                for x, _ in tqdm(loader, desc=desc, disable=not show, leave=False):
-                    x = x.to(device).contiguous(memory_format=module.memory_format)
-                    chunks.append(extractor(x).float().cpu())
-        features = torch.cat(chunks).view(views, len(pack), -1)
-        seconds = time.perf_counter() - start
-        self.feature_cache_stats[split] = {"images": views * len(pack), "seconds": seconds}
-        log.info(
-            "%s: computed features %s in %.1fs (%.0f images/s)",
-            split, tuple(features.shape), seconds, views * len(pack) / max(seconds, 1e-9),
-        )  # fmt: skip
-        try:
-            with atomic_open(path, "wb", "feature cache") as handle:
-                np.save(handle, features.numpy())
-        except OutputWriteError as error:
-            log.warning("%s The features will be computed again next time.", error)
-        return features.to(self._device())
+    def val_dataloader(self) -> DataLoader | PackedBatches:
+        return self._feature_loader("valid") if self.feature_cache else self._loader("valid")
+
+    def test_dataloader(self) -> DataLoader | PackedBatches:
+        return self._loader("test")
+
+    def loader_for(self, split: str) -> DataLoader | PackedBatches:
+        """An evaluation loader of images for ``valid`` or ``test`` (``fer.eval split=...``)."""
+        return self._loader(split)
 
 
 def _eval_batch(images: Tensor, generator: torch.Generator, pre: Preprocessing) -> Tensor:

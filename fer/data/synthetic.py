@@ -10,20 +10,18 @@ import functools
 import json
 import logging
 import math
-import multiprocessing
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from fer.data.layout import CLASS_NAMES, SPLITS
-from fer.system import available_cores, replace_folder
+from fer.data.sources.base import EXPRESSIONS as CLASS_NAMES
+from fer.data.sources.base import SPLITS
+from fer.files import building_folder
+from fer.workers import map_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +176,9 @@ def _image_rng(seed: int, split: str, class_idx: int, index: int) -> np.random.G
     return np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split), class_idx, index]))
 
 
-def _render_chunk(jobs: Sequence[tuple[str, int, int]], root: str, seed: int, size: int, rgb: float) -> int:
+def _render_chunk(
+    jobs: Sequence[tuple[str, int, int]], start: int, root: str, seed: int, size: int, rgb: float
+) -> int:
     """Draw and save one chunk of (split, class index, image index) jobs; runs in a worker process."""
     for split, class_idx, index in jobs:
         rng = _image_rng(seed, split, class_idx, index)
@@ -216,15 +216,21 @@ def generate_synthetic_dataset(
     image_size: int = 48,
     rgb_fraction: float = 0.3,
 ) -> Path:
-    """Write a fresh synthetic dataset to ``out_dir`` (replacing it) via an atomic rename; returns the path."""
+    """Write a fresh synthetic data set to ``out_dir``, built aside and renamed into place; returns the path.
+
+    ``out_dir`` must not exist, be empty, or be a synthetic data set (it holds ``synthetic.json``): a folder
+    of anything else is refused, never replaced.
+    """
     if train_per_class < 1 or eval_per_class < 1:
         raise ValueError("train_per_class and eval_per_class must be >= 1")
     if not 0.0 <= rgb_fraction <= 1.0:
         raise ValueError("rgb_fraction must be in [0, 1]")
     out = Path(out_dir).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    fix = (
+        "Point data.data_dir (or --out) at a new or empty folder; to train on the images that are there, "
+        "use data=folder (any class names) or data=mmafedb with data.data_dir=" + str(out) + "."
+    )
+    with building_folder(out, METADATA_FILE, "generated faces", fix) as tmp:
         jobs = []
         for split in SPLITS:
             count = train_per_class if split == "train" else eval_per_class
@@ -232,26 +238,9 @@ def generate_synthetic_dataset(
                 (tmp / split / name).mkdir(parents=True)
                 jobs.extend((split, class_idx, i) for i in range(count))
         args = (str(tmp), seed, image_size, rgb_fraction)
-        workers = available_cores()
-        if len(jobs) < _SERIAL_LIMIT or workers < 2:
-            _render_chunk(jobs, *args)
-        else:
-            n_chunks = workers * 4
-            chunks = [jobs[i::n_chunks] for i in range(n_chunks)]
-            # fork: workers inherit the imported module instead of re-importing the (heavy) fer package.
-            fork = "fork" in multiprocessing.get_all_start_methods()
-            context = multiprocessing.get_context("fork") if fork else None
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                for future in [pool.submit(_render_chunk, chunk, *args) for chunk in chunks]:
-                    future.result()
-        replace_folder(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    meta = _metadata(train_per_class, eval_per_class, seed, image_size, rgb_fraction)
-    meta_tmp = out / f".{METADATA_FILE}.tmp"
-    meta_tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    meta_tmp.replace(out / METADATA_FILE)
+        map_chunks(_render_chunk, jobs, args, chunk=64, serial_limit=_SERIAL_LIMIT, progress=False)
+        meta = _metadata(train_per_class, eval_per_class, seed, image_size, rgb_fraction)
+        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return out
 
 
@@ -263,7 +252,8 @@ def ensure_synthetic_dataset(
     image_size: int = 48,
     rgb_fraction: float = 0.3,
 ) -> Path:
-    """Return ``out_dir``, generating it only if its ``synthetic.json`` does not match these parameters."""
+    """Return ``out_dir``, generating it only if its ``synthetic.json`` does not match these parameters
+    (a folder without that file is refused, see :func:`generate_synthetic_dataset`)."""
     out = Path(out_dir)
     wanted = _metadata(train_per_class, eval_per_class, seed, image_size, rgb_fraction)
     try:
@@ -285,7 +275,12 @@ def ensure_synthetic_dataset(
 def main(argv: list[str] | None = None) -> int:
     """CLI: generate a synthetic MMAFEDB-layout dataset."""
     parser = argparse.ArgumentParser(prog="python -m fer.data.synthetic", description=__doc__)
-    parser.add_argument("--out", required=True, type=Path, help="output folder (replaced if it exists)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="output folder: new, empty, or a synthetic data set to replace",
+    )
     parser.add_argument("--per-class", required=True, type=int, help="training images per class")
     parser.add_argument("--eval-per-class", type=int, default=None, help="valid/test images per class")
     parser.add_argument("--seed", type=int, default=0)

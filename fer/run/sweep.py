@@ -20,8 +20,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from fer.atomic import atomic_write_text
 from fer.errors import user_message
+from fer.files import atomic_write_text
 
 log = logging.getLogger("fer.sweep")
 
@@ -31,6 +31,15 @@ def _error_line(error: BaseException) -> str:
     lines = user_message(error).splitlines()
     first = lines[0].split(". ", 1)[0] if lines else ""
     return f"{type(error).__name__}: {first}"[:240]
+
+
+def failure_of(job_return: JobReturn) -> BaseException | None:
+    """The exception a failed job raised (Hydra's public ``return_value`` re-raises it)."""
+    try:
+        _ = job_return.return_value
+    except Exception as raised:
+        return raised
+    return None
 
 
 class SweepSummary(Callback):
@@ -58,10 +67,10 @@ class SweepSummary(Callback):
             "overrides": list(job_return.overrides or []),
         }
         if job_return.status == JobStatus.COMPLETED:
-            value = job_return._return_value
+            value = job_return.return_value
             entry.update(status="completed", value=value if isinstance(value, int | float) else None)
         else:
-            error = job_return._return_value
+            error = failure_of(job_return)
             entry.update(status="failed", error=_error_line(error) if error is not None else "unknown")
             # a warning: the job's own log (still open here) keeps its ERROR line as the last one
             log.warning("Job %d (%s) failed: %s", entry["job"], entry["folder"], entry["error"])

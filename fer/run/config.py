@@ -1,4 +1,4 @@
-"""Config plumbing shared by the entry points: resolvers, plain containers, instantiation helpers."""
+"""Hydra plumbing of the entry points: where ``conf/`` is, fer's resolvers, config values as plain data."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = PROJECT_ROOT / "conf"
 
 
@@ -25,12 +25,12 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("fer.job_name"):
         OmegaConf.register_new_resolver("fer.job_name", sweep_job_name)
     if not OmegaConf.has_resolver("fer.run_dir"):
-        from fer import resume
+        from fer.run import resume
 
         OmegaConf.register_new_resolver("fer.run_dir", resume.run_dir, use_cache=True)
         OmegaConf.register_new_resolver("fer.config_subdir", resume.config_subdir, use_cache=True)
     if not OmegaConf.has_resolver("fer.optuna_storage"):
-        from fer import sweep
+        from fer.run import sweep
 
         OmegaConf.register_new_resolver("fer.optuna_storage", sweep.optuna_storage, use_cache=True)
         OmegaConf.register_new_resolver("fer.optuna_trials", sweep.optuna_trials_to_run, use_cache=True)
@@ -85,3 +85,23 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = str(value)
     return flat
+
+
+def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
+    """A fer config composed as its command line would compose it, outside a Hydra run (tools, tests)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_resolvers()
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name=config_name, overrides=overrides)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+def compose_data_source(name: str, data_dir: str | Path) -> Any:
+    """The data source of ``conf/data/<name>.yaml`` over ``data_dir``."""
+    from fer.data.datamodule import build_source
+
+    cfg = compose_config("train", [f"data={name}", f"data.data_dir={data_dir}"])
+    return build_source(plain(cfg.data.source), None)

@@ -9,6 +9,7 @@ the copies are part of both figures.
 from __future__ import annotations
 
 import copy
+import functools
 import statistics
 import tempfile
 import time
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fer.bench.harness import BenchContext, Measurement, register
 from fer.errors import FERError
 from fer.export import export_onnx, load_fer_checkpoint
 from fer.models import FERModule
@@ -142,3 +144,43 @@ def inference_latency(
         "max_abs_logit_diff": difference,  # on random inputs, whose logits are larger than real images'
         "max_abs_logit": float(np.abs(reference).max()),
     }
+
+
+# ------------------------------------------------------------------------------------------ rows
+
+DEFAULT_SIZE = 112  # conf/data/_base.yaml
+_INFERENCE: dict[int, dict] = {}
+
+
+def _inference(ctx: BenchContext, runtime: str, part: str) -> Measurement:
+    """Inference at fer's default size: PyTorch eager against onnxruntime (one measurement serves 4 rows)."""
+    if id(ctx) not in _INFERENCE:
+        from fer.data.preprocessing import Preprocessing
+
+        module = FERModule(preprocessing=Preprocessing(DEFAULT_SIZE).as_dict())
+        quick_runs = {"runs": 20, "throughput_runs": 1} if ctx.quick else {}
+        _INFERENCE[id(ctx)] = inference_latency(module, device=ctx.device.type, **quick_runs)
+    result = _INFERENCE[id(ctx)]
+    figures = result[runtime]
+    if part == "latency":
+        # images/s of batch-1 calls = 1000 / median latency; the latency itself is in the notes
+        runs = result["latency_runs"]
+        median = figures["latency_ms"]
+        notes = f"batch 1: median {median:.2f} ms, p90 {figures['latency_ms_p90']:.2f} ms over {runs} calls"
+        return Measurement(runs, runs * median / 1000, notes=notes)
+    batch = result["throughput_batch"]
+    seconds = batch / figures["images_per_s"]
+    notes = f"batch {batch}; largest logit difference torch vs onnxruntime {result['max_abs_logit_diff']:.1e}"
+    return Measurement(batch, seconds, notes=notes)
+
+
+for _runtime in ("torch", "onnxruntime"):
+    for _part in ("latency", "throughput"):
+        register(
+            f"inference/{_runtime}/{_part}@{DEFAULT_SIZE}",
+            f"inference, {'PyTorch eager' if _runtime == 'torch' else 'onnxruntime'}, "
+            + ("batch 1 (images/s = 1000 / median ms)" if _part == "latency" else "batch 256"),
+            compare_to=f"inference/torch/{_part}@{DEFAULT_SIZE}",
+        )(functools.partial(_inference, runtime=_runtime, part=_part))
+
+

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from fer.atomic import write_failure_hint
 from fer.errors import FERError
+from fer.files import write_failure_hint
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from fer.atomic import atomic_write_text
-from fer.config import PROJECT_ROOT
+from fer.files import atomic_write_text
+from fer.run.config import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 

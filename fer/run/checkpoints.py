@@ -9,6 +9,7 @@ instead of a list of tensor size mismatches.
 
 from __future__ import annotations
 
+import copy
 import pickle
 import re
 from collections.abc import Mapping, Sequence
@@ -18,14 +19,24 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from fer.errors import CheckpointError, IncompatibleCheckpointError
-from fer.models.backbone import head_classes, identify_backbone
-from fer.runtime import check_checkpoint_path
+from fer.models.backbones import backbone_names, head_classes, identify_backbone
 
 if TYPE_CHECKING:
     from fer.models import FERModule
 
 MODEL_PREFIX = "model."  # FERModule keeps the network under ``model``
 STATE_KEYS = ("state_dict", "optimizer_states")  # the bulky parts, left out of what load_module returns
+
+
+def check_checkpoint_path(path: str | None, key: str = "ckpt_path") -> str | None:
+    """The checkpoint path as given, or a clear error when the file does not exist."""
+    if path in (None, ""):
+        return None
+    file = Path(str(path)).expanduser()
+    if not file.is_file():
+        hint = " (runs keep theirs in <run folder>/checkpoints/, e.g. last.ckpt)"
+        raise CheckpointError(f"{key}={path}: no such checkpoint file{hint}.")
+    return str(file.resolve())
 
 
 def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
@@ -78,10 +89,16 @@ def network_weights(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     return {k[len(MODEL_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(MODEL_PREFIX)}
 
 
-def describe_weights(state_dict: Mapping[str, Any]) -> tuple[str | None, int | None]:
-    """The backbone and number of classes that the weights themselves have (None where unrecognised)."""
+def describe_weights(
+    state_dict: Mapping[str, Any], expected: str | None = None
+) -> tuple[str | None, int | None]:
+    """The backbone and number of classes that the weights themselves have (None where unrecognised);
+    ``expected`` (the recorded backbone) is tried first."""
     network = network_weights(state_dict)
-    return identify_backbone(network), head_classes(network)
+    candidates = [expected] if expected in backbone_names() else []
+    backbone = identify_backbone(network, candidates) if candidates else None
+    backbone = backbone or identify_backbone(network)
+    return backbone, head_classes(network, backbone) if backbone else None
 
 
 def load_module(
@@ -101,7 +118,7 @@ def load_module(
             "(hyper_parameters). Use a checkpoint written by fer.train, <run folder>/checkpoints/*.ckpt."
         )
     recorded = describe(hparams["backbone"], hparams["class_names"])
-    backbone, num_classes = describe_weights(checkpoint["state_dict"])
+    backbone, num_classes = describe_weights(checkpoint["state_dict"], hparams["backbone"])
     if (backbone, num_classes) != (hparams["backbone"], len(hparams["class_names"])):
         raise IncompatibleCheckpointError(
             f"{key}={path} does not match its own hyper-parameters: they describe {recorded}, its weights "
@@ -129,6 +146,16 @@ def load_module(
     return module, {k: v for k, v in checkpoint.items() if k not in STATE_KEYS}
 
 
+def recorded_data_config(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The data config a checkpoint was trained with: the data module's ``_target_`` and every setting
+    (its source included), as :class:`fer.run.callbacks.RecordDataConfig` wrote it."""
+    recorded = checkpoint.get("fer_data")
+    if recorded:
+        return copy.deepcopy(dict(recorded))
+    settings = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    return {"_target_": "fer.data.FERDataModule", **copy.deepcopy(settings)} if settings else {}
+
+
 def _mismatches(error: BaseException, limit: int = 3) -> str:
     """The first lines of torch's load_state_dict report (size mismatches, missing or unexpected keys)."""
     lines = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
@@ -148,15 +175,13 @@ def check_compatible(checkpoint: Mapping[str, Any], module: FERModule, path: str
     """The checkpoint's backbone, class names and weight shapes must be those of ``module``."""
     hparams = checkpoint.get("hyper_parameters") or {}
     state = checkpoint["state_dict"]
-    found_backbone, found_classes = describe_weights(state)
+    found_backbone, found_classes = describe_weights(state, hparams.get("backbone"))
     backbone = hparams.get("backbone") or found_backbone
     class_names = hparams.get("class_names")
     expected_backbone, expected_names = module.hparams.get("backbone"), list(module.class_names)
 
     expected_shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    shapes = {
-        k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape") and not k.startswith("backbone.")
-    }
+    shapes = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
     fits = shapes == expected_shapes
     same_model = backbone == expected_backbone
     same_classes = class_names is None or list(class_names) == expected_names
@@ -175,7 +200,7 @@ def check_compatible(checkpoint: Mapping[str, Any], module: FERModule, path: str
         )
     fixes = []
     if not same_model and backbone:
-        fixes.append(f"model={backbone}")
+        fixes.append(f"model.backbone={backbone}")
     if not same_classes:
         fixes.append(f"data whose class folders are {', '.join(map(str, class_names))}")
     if fixes:

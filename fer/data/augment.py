@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fer.data.transforms import Augmentation, Preprocessing, normalize
+from fer.data.preprocessing import Augmentation, Preprocessing
+from fer.data.transforms import normalize
 
 TRIES = 10  # as torchvision: attempts at a crop or an erased box before the fallback
 
