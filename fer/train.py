@@ -89,8 +89,11 @@ def run_hparams(cfg: DictConfig) -> dict[str, Any]:
 
 
 def check_new_run_folder(folder: Path, resuming: bool) -> None:
-    """A new run writes into a folder of its own: refuse one that already holds other files."""
-    if resuming or not folder.is_dir():
+    """A new run writes into a folder of its own: refuse one that already holds other files. (The other
+    processes of a multi-device run share rank 0's folder, which checked it.)"""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    if resuming or not folder.is_dir() or rank_zero_only.rank != 0:
         return
     found = sorted(p.name for p in folder.iterdir() if p.name not in HYDRA_ENTRIES)
     if found:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from fer.bench import write_jpeg_tree
+from fer.bench.data import write_jpeg_tree
 from fer.data import audit as audit_module
 from fer.data.audit import HASH_BITS, audit, hamming, main, near_pairs, perceptual_hashes
 
@@ -149,4 +149,4 @@ def test_cli_reports_a_bad_folder_in_one_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("fer: error: Data folder not found:")
     (tmp_path / "data" / "train").mkdir(parents=True)
     assert main([str(tmp_path / "data")]) == 2
-    assert "Class folder(s)" in capsys.readouterr().err
+    assert "No class folders in" in capsys.readouterr().err

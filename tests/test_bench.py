@@ -11,15 +11,18 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from fer import bench
-from fer.data.layout import CLASS_NAMES, SPLITS
+from fer.bench import __main__ as bench_cli
+from fer.bench import data as bench_data
+from fer.bench import harness, training
+from fer.data.sources import EXPRESSIONS as CLASS_NAMES
+from fer.data.sources import SPLITS
 from fer.losses import CrossEntropyLoss
 
 
 @pytest.fixture(scope="module")
 def jpeg_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """10 train and 2 valid/test JPEG faces per class."""
-    return bench.write_jpeg_tree(
+    return bench_data.write_jpeg_tree(
         tmp_path_factory.mktemp("bench") / "tree", train_per_class=10, eval_per_class=2
     )
 
@@ -28,13 +31,13 @@ def test_seed_loss_equals_cross_entropy_on_small_logits():
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(32, 7, generator=gen) * 3
     target = torch.randint(0, 7, (32,), generator=gen)
-    torch.testing.assert_close(bench.SeedLoss()(logits, target), F.cross_entropy(logits, target))
+    torch.testing.assert_close(training.SeedLoss()(logits, target), F.cross_entropy(logits, target))
 
 
 def test_seed_loss_overflows_on_huge_logits_where_fer_loss_stays_finite():
     logits = torch.tensor([[1000.0, 0.0, -5.0], [2.0, 1000.0, 999.0]])
     target = torch.tensor([0, 2])
-    assert not torch.isfinite(bench.SeedLoss()(logits, target))
+    assert not torch.isfinite(training.SeedLoss()(logits, target))
     ours = CrossEntropyLoss()(logits, target)
     assert torch.isfinite(ours)
     torch.testing.assert_close(ours, F.cross_entropy(logits, target))
@@ -53,23 +56,23 @@ def test_jpeg_tree_has_mmafedb_layout_with_gray_and_rgb_files(jpeg_tree: Path):
                     assert image.format == "JPEG" and image.size == (48, 48)
                     modes.add(image.mode)
     assert modes == {"L", "RGB"}
-    assert json.loads((jpeg_tree / bench.DATA_KEY_FILE).read_text())["train_per_class"] == 10
+    assert json.loads((jpeg_tree / bench_data.DATA_KEY_FILE).read_text())["train_per_class"] == 10
     assert not [p for p in jpeg_tree.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
 def test_jpeg_tree_is_reused_until_the_request_changes(tmp_path: Path):
     out = tmp_path / "bench"
-    bench.ensure_jpeg_tree(out, train_images=7, eval_per_class=1)
+    bench_data.ensure_jpeg_tree(out, train_images=7, eval_per_class=1)
     first = (out / "train" / "angry" / "0.jpg").stat().st_mtime_ns
     time.sleep(0.01)
-    bench.ensure_jpeg_tree(out, train_images=7, eval_per_class=1)
+    bench_data.ensure_jpeg_tree(out, train_images=7, eval_per_class=1)
     assert (out / "train" / "angry" / "0.jpg").stat().st_mtime_ns == first
-    bench.ensure_jpeg_tree(out, train_images=14, eval_per_class=1)
+    bench_data.ensure_jpeg_tree(out, train_images=14, eval_per_class=1)
     assert len(list((out / "train" / "angry").iterdir())) == 2
 
 
-def _context(tmp_path: Path, images: int) -> bench.BenchContext:
-    return bench.BenchContext(data_dir=tmp_path, device=torch.device("cpu"), images=images, seconds=60.0)
+def _context(tmp_path: Path, images: int) -> harness.BenchContext:
+    return harness.BenchContext(data_dir=tmp_path, device=torch.device("cpu"), images=images, seconds=60.0)
 
 
 def test_measure_steps_times_the_budget_after_untimed_warmup(tmp_path: Path):
@@ -79,19 +82,19 @@ def test_measure_steps_times_the_budget_after_untimed_warmup(tmp_path: Path):
         calls.append(batch)
         return 4
 
-    measurement = bench.measure_steps(_context(tmp_path, images=10), iter(range(100)), step)
+    measurement = harness.measure_steps(_context(tmp_path, images=10), iter(range(100)), step)
     assert calls == [0, 1, 2, 3, 4]  # 2 warm-up batches, then 3 batches of 4 reach 10 images
     assert measurement.images == 12 and measurement.seconds > 0
 
 
 def test_endless_starts_a_new_epoch_and_refuses_empty_data():
-    assert [b for _, b in zip(range(5), bench.endless([1, 2]), strict=False)] == [1, 2, 1, 2, 1]
+    assert [b for _, b in zip(range(5), harness.endless([1, 2]), strict=False)] == [1, 2, 1, 2, 1]
     with pytest.raises(ValueError, match="empty"):
-        next(bench.endless([]))
+        next(harness.endless([]))
 
 
 def test_seed_model_trains_only_the_last_layer_and_stays_in_train_mode():
-    model = bench.seed_model(train_backbone=False)
+    model = training.seed_model(train_backbone=False)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trainable == ["classifier.3.weight", "classifier.3.bias"]
     assert model.classifier[3].out_features == 7
@@ -99,25 +102,29 @@ def test_seed_model_trains_only_the_last_layer_and_stays_in_train_mode():
 
 
 def test_x_seed_divides_by_the_compared_seed_row(tmp_path: Path):
-    def row(name: str, compare_to: str | None) -> bench.Row:
-        return bench.Row(name, "test", lambda ctx: None, compare_to, frozenset({"cpu"}))
+    def row(name: str, compare_to: str | None) -> harness.Row:
+        return harness.Row(name, "test", lambda ctx: None, compare_to, frozenset({"cpu"}))
 
     results = [
-        bench.Result(row("seed/a", "seed/a"), bench.Measurement(images=100, seconds=2.0, peak_memory_mb=10)),
-        bench.Result(row("fer/a", "seed/a"), bench.Measurement(images=100, seconds=0.5, peak_memory_mb=12)),
-        bench.Result(row("fer/b", None), bench.Measurement(images=10, seconds=1.0, other_cpu=0.5)),
-        bench.Result(row("fer/c", "seed/a"), error="RuntimeError: boom"),
+        harness.Result(
+            row("seed/a", "seed/a"), harness.Measurement(images=100, seconds=2.0, peak_memory_mb=10)
+        ),
+        harness.Result(
+            row("fer/a", "seed/a"), harness.Measurement(images=100, seconds=0.5, peak_memory_mb=12)
+        ),
+        harness.Result(row("fer/b", None), harness.Measurement(images=10, seconds=1.0, other_cpu=0.5)),
+        harness.Result(row("fer/c", "seed/a"), error="RuntimeError: boom"),
     ]
-    assert [bench.ratio(r, results) for r in results] == [1.0, 4.0, None, None]
-    header = bench.make_header(_context(tmp_path, images=100), peak_resettable=True)
-    table = bench.format_table(header, results)
+    assert [harness.ratio(r, results) for r in results] == [1.0, 4.0, None, None]
+    header = harness.make_header(_context(tmp_path, images=100), peak_resettable=True)
+    table = harness.format_table(header, results)
     assert "| fer/a | test | 100 | 200.0 | seed/a | 4.00 | 12 |" in table
     assert "| fer/c | test | failed: RuntimeError: boom |" in table
     assert "- fer/b: **other processes used 50% of the CPUs during this row: rerun it**" in table
 
 
 def test_other_cpu_meter_gives_a_share_of_the_machine():
-    with bench.other_cpu_meter() as other_cpu:
+    with harness.other_cpu_meter() as other_cpu:
         time.sleep(0.6)
     share = other_cpu()
     if Path("/proc/stat").exists():
@@ -127,7 +134,7 @@ def test_other_cpu_meter_gives_a_share_of_the_machine():
 def test_bench_prints_a_table_and_writes_json(jpeg_tree: Path, tmp_path: Path, capsys):
     out = tmp_path / "b.json"
     args = ["--data", str(jpeg_tree), "--rows", "seed/loader@224", "--images", "64", "--threads", "1"]
-    assert bench.main([*args, "--out", str(out)]) == 0
+    assert bench_cli.main([*args, "--out", str(out)]) == 0
     table = capsys.readouterr().out
     assert "| row | what it measures | images | images/s | vs | ratio | peak memory (MB) |" in table
     assert "| seed/loader@224 |" in table
@@ -143,7 +150,7 @@ def test_bench_seed_training_and_model_alone_rows_run(jpeg_tree: Path, tmp_path:
     out = tmp_path / "b.json"
     rows = "seed/last_layer@224,seed/full@224,model-alone/mobilenet_v3_small@112"
     args = ["--data", str(jpeg_tree), "--rows", rows, "--images", "32", "--threads", "1", "--out", str(out)]
-    assert bench.main(args) == 0
+    assert bench_cli.main(args) == 0
     result = {row["name"]: row for row in json.loads(out.read_text())["rows"]}
     assert list(result) == rows.split(",")
     assert all(row["images_per_s"] > 0 for row in result.values())
@@ -153,15 +160,15 @@ def test_bench_seed_training_and_model_alone_rows_run(jpeg_tree: Path, tmp_path:
 def test_cuda_without_a_gpu_is_a_one_line_error(jpeg_tree: Path, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    assert bench.main(["--data", str(jpeg_tree), "--device", "cuda"]) == 2
+    assert bench_cli.main(["--data", str(jpeg_tree), "--device", "cuda"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fer: error: --device cuda") and err.count("\n") == 1
 
 
 def test_unknown_row_and_missing_data_are_user_errors(jpeg_tree: Path, tmp_path: Path, capsys):
-    assert bench.main(["--data", str(jpeg_tree), "--rows", "seed/nope"]) == 2
+    assert bench_cli.main(["--data", str(jpeg_tree), "--rows", "seed/nope"]) == 2
     assert "no row named 'seed/nope'" in capsys.readouterr().err
-    assert bench.main(["--data", str(tmp_path / "missing"), "--rows", "seed/loader@224"]) == 2
+    assert bench_cli.main(["--data", str(tmp_path / "missing"), "--rows", "seed/loader@224"]) == 2
     assert capsys.readouterr().err.startswith("fer: error: Data folder not found")
 
 
@@ -170,7 +177,7 @@ def test_fer_rows_run_on_fer_code_and_compare_to_the_seed(jpeg_tree: Path, tmp_p
     out = tmp_path / "b.json"
     rows = "seed/last_layer@224,fer/pack,fer/loader@224,fer/last_layer@224,fer/cache/last_layer/*"
     args = ["--data", str(jpeg_tree), "--rows", rows, "--images", "32", "--threads", "1", "--out", str(out)]
-    assert bench.main(args) == 0
+    assert bench_cli.main(args) == 0
     result = {row["name"]: row for row in json.loads(out.read_text())["rows"]}
     assert result["fer/pack"]["images"] == 70 and "all of MMAFEDB" in result["fer/pack"]["notes"]
     assert result["fer/last_layer@224"]["compare_to"] == "seed/last_layer@224"

@@ -3,47 +3,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import MODES, make_tree, write_image
 from PIL import Image
 
 from fer.data import CLASS_NAMES, FERDataModule
-from fer.data.layout import index_split
-from fer.data.sampling import EpochSampler
-from fer.data.transforms import Preprocessing, build_eval_transform, load_image
+from fer.data.decode import load_image
+from fer.data.loaders import EpochSampler
+from fer.data.preprocessing import Preprocessing
+from fer.data.sources import MMAFEDB
+from fer.data.transforms import build_eval_transform
 from fer.errors import DataLayoutError, FERError
-
-MODES = ["L", "RGB", "RGBA", "P", "I;16"]
-
-
-def write_image(path: Path, mode: str, size=(48, 48), value: int = 128) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if mode == "I;16":
-        Image.fromarray(np.full(size[::-1], value * 257, dtype=np.uint16)).save(path)
-    elif mode == "P":
-        Image.new("RGB", size, (value, value, value)).convert("P").save(path)
-    else:
-        Image.new(mode, size, value if mode == "L" else (value,) * len(mode)).save(path)
-
-
-def make_tree(root: Path, per_class: dict[str, int] | None = None) -> Path:
-    """Every split has each class; train counts per class can differ; files of every mode and odd sizes."""
-    for split in ("train", "valid", "test"):
-        for label, name in enumerate(CLASS_NAMES):
-            count = (per_class or {}).get(name, 3) if split == "train" else 2
-            for i in range(count):
-                mode = MODES[(label + i) % len(MODES)]
-                ext = [".png", ".PNG", ".bmp", ".webp", ".png"][i % 5] if mode in ("L", "RGB") else ".png"
-                size = (48, 48) if i % 2 == 0 else (13, 70)
-                write_image(root / split / name / f"{i}{ext}", mode, size, value=20 + 30 * label)
-            (root / split / name / ".DS_Store").write_bytes(b"\0junk")
-            (root / split / name / "Thumbs.db").write_bytes(b"junk")
-            (root / split / name / "notes.txt").write_text("not an image")
-    write_image(root / "train" / "happy" / "x.JPG", "RGB")
-    return root
 
 
 def test_class_index_is_alphabetical_and_skips_non_images(tmp_path):
     root = make_tree(tmp_path / "d")
-    index = index_split(root, "train")
+    index = MMAFEDB(root).index("train")
     assert index.class_names == ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
     assert index.class_counts() == [3, 3, 3, 4, 3, 3, 3]
     assert all(
@@ -128,8 +102,8 @@ def test_global_batch_must_divide_across_devices(tmp_path):
 
 def test_layout_errors_name_the_path_and_the_fix(tmp_path):
     with pytest.raises(DataLayoutError, match="data=synthetic"):
-        index_split(tmp_path / "nowhere", "train")
+        MMAFEDB(tmp_path / "nowhere").index("train")
     root = make_tree(tmp_path / "d")
     (root / "train" / "Happy_old").mkdir()
     with pytest.raises(DataLayoutError, match=r"Unknown class folder.*Happy_old"):
-        index_split(root, "train")
+        MMAFEDB(root).index("train")

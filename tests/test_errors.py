@@ -5,22 +5,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY, run_fer
+from conftest import TINY, assert_clean_error, run_fer
 
 
 def copy_tree(tiny_data: Path, tmp_path: Path) -> Path:
     root = tmp_path / "data"
     shutil.copytree(tiny_data, root)
     return root
-
-
-def assert_clean_error(result, *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr + result.stdout
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("fer: error:")]
-    assert len(error_lines) == 1, result.stderr[-3000:]
-    for fragment in fragments:
-        assert fragment in error_lines[0], error_lines[0]
 
 
 def train_on(root: Path, outputs: Path, *extra: str):

@@ -13,9 +13,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from fer.data.transforms import build_eval_transform, load_image
+from fer.bench.inference import inference_latency
+from fer.data.decode import load_image
+from fer.data.transforms import build_eval_transform
 from fer.export import export_onnx, export_torchscript, main, read_onnx_metadata, read_torchscript
-from fer.inference_bench import inference_latency
 from fer.models import FERModule
 from fer.predict import main as predict_main
 

@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, run_dirs, run_fer
+from conftest import TINY, assert_clean_error, run_dirs, run_fer
 from PIL import Image
-from test_errors import assert_clean_error
 
 from fer.data import CLASS_NAMES, FERDataModule
-from fer.data.layout import index_split
-from fer.data.packed import find_bad_images, pack_split
+from fer.data.packing import find_bad_images, pack_split
+from fer.data.sources import MMAFEDB
 from fer.data.synthetic import generate_synthetic_dataset
 from fer.data.transforms import (
     Augmentation,
@@ -183,12 +182,12 @@ def test_a_broken_symlink_is_a_bad_image_named_as_such(tmp_path):
 
 # --- folder quirks ----------------------------------------------------------------------------------------
 def test_folders_are_matched_case_insensitively_and_symlinks_followed(messy):
-    valid = index_split(messy.root, "valid")
+    valid = MMAFEDB(messy.root).index("valid")
     assert Path(valid.paths[valid.labels.index(CLASS_NAMES.index("happy"))]).parent.name == "Happy"
     assert valid.missing == ("disgust",) and valid.class_counts()[CLASS_NAMES.index("disgust")] == 0
-    test = index_split(messy.root, "test")
+    test = MMAFEDB(messy.root).index("test")
     assert test.class_counts()[CLASS_NAMES.index("surprise")] == EVAL_PER_CLASS  # symlinked class folder
-    train = index_split(messy.root, "train")
+    train = MMAFEDB(messy.root).index("train")
     names = {Path(p).name for p in train.paths}
     assert {"linked.png", "gone.png"} <= names  # a symlinked file, and a broken one (to be reported)
 
@@ -197,17 +196,17 @@ def test_class_folders_differing_only_in_case_are_a_clear_error(messy, tmp_path)
     root = _copy(messy, tmp_path)
     (root / "valid" / "happy").mkdir()
     with pytest.raises(DataLayoutError, match=r"'Happy' and 'happy'.*differ only in case.*merge"):
-        index_split(root, "valid")
+        MMAFEDB(root).index("valid")
 
 
 def test_a_class_missing_in_train_is_an_error_and_in_valid_a_warning(messy, tmp_path, caplog):
     root = _copy(messy, tmp_path)
     with caplog.at_level("WARNING", logger="fer.data.layout"):
-        index_split(root, "valid")
+        MMAFEDB(root).index("valid")
     assert str(root.resolve() / "valid" / "disgust") in caplog.text
     shutil.rmtree(root / "train" / "disgust")
     with pytest.raises(DataLayoutError, match=r"\['disgust'\] missing in .*train"):
-        index_split(root, "train")
+        MMAFEDB(root).index("train")
 
 
 def test_a_train_class_with_only_unreadable_images_is_an_error(tiny_data, tmp_path):
@@ -222,7 +221,7 @@ def test_a_train_class_with_only_unreadable_images_is_an_error(tiny_data, tmp_pa
 
 # --- both data paths skip unreadable files, or stop naming them ----------------------------------------
 def test_the_pack_holds_only_readable_images_and_remembers_what_it_left_out(messy, tmp_path):
-    index = index_split(messy.root, "train")
+    index = MMAFEDB(messy.root).index("train")
     pack = pack_split(index, tmp_path / "cache", progress=False)
     bad = {str(p) for p in messy.bad["train"]}
     assert {path for path, _ in pack.skipped} == bad
@@ -232,14 +231,14 @@ def test_the_pack_holds_only_readable_images_and_remembers_what_it_left_out(mess
     (huge_path,) = [str(p) for p in messy.odd if p.name == "huge.jpg"]
     huge = kept.index(index.paths.index(huge_path))
     assert pack.images.shape[1:] == (1, 48, 48) and pack.images[huge].float().std() > 0  # resized, not blank
-    reused = pack_split(index_split(messy.root, "train"), tmp_path / "cache", progress=False)
+    reused = pack_split(MMAFEDB(messy.root).index("train"), tmp_path / "cache", progress=False)
     assert reused.skipped == pack.skipped and len(reused) == len(pack)
     with pytest.raises(DataLayoutError, match=re.escape(str(messy.bad["train"][0]))):
         pack_split(index, tmp_path / "cache", progress=False, on_bad_image="error")  # the cached pack
 
 
 def test_the_per_image_check_finds_the_same_files_and_caches_its_answer(messy, tmp_path):
-    index = index_split(messy.root, "train")
+    index = MMAFEDB(messy.root).index("train")
     bad = find_bad_images(index, tmp_path / "cache", progress=False)
     assert [path for path, _ in bad] == [str(p) for p in messy.bad["train"]]
     assert len(list((tmp_path / "cache").glob("checked-train-*.json"))) == 1

@@ -7,26 +7,23 @@ import time
 import lightning as L
 import pytest
 import torch
-from test_data import make_tree
+from conftest import make_tree
 from torchvision.transforms import v2
 
 from fer.data import FERDataModule
-from fer.data.batch_transforms import BatchAugmentation, _crop_boxes
-from fer.data.layout import index_split
-from fer.data.packed import PackedBatches, pack_split
-from fer.data.transforms import (
-    Augmentation,
-    Preprocessing,
-    build_eval_transform,
-    build_train_transform,
-    load_image,
-    to_model_input,
-)
+from fer.data.augment import BatchAugmentation, _crop_boxes
+from fer.data.decode import load_image
+from fer.data.loaders import PackedBatches
+from fer.data.packing import pack_split
+from fer.data.preprocessing import Augmentation, Preprocessing
+from fer.data.sources import MMAFEDB
+from fer.data.transforms import build_eval_transform, build_train_transform, to_model_input
 from fer.models import FERModule
+from fer.models.features import FeatureCache
 
 
 def test_pack_holds_every_image_decoded_and_is_reused_until_the_folder_changes(tmp_path, tiny_data):
-    index = index_split(tiny_data, "valid")
+    index = MMAFEDB(tiny_data).index("valid")
     pack = pack_split(index, tmp_path / "cache", progress=False)
     assert pack.images.shape == (len(index), 1, 48, 48) and pack.images.dtype == torch.uint8
     assert pack.labels.tolist() == list(index.labels)
@@ -37,20 +34,20 @@ def test_pack_holds_every_image_decoded_and_is_reused_until_the_folder_changes(t
     folder = next((tmp_path / "cache").iterdir())
     written = (folder / "images.npy").stat().st_mtime_ns
     start = time.perf_counter()
-    again = pack_split(index_split(tiny_data, "valid"), tmp_path / "cache", progress=False)
+    again = pack_split(MMAFEDB(tiny_data).index("valid"), tmp_path / "cache", progress=False)
     assert time.perf_counter() - start < 1.0
     assert again.key == pack.key and (folder / "images.npy").stat().st_mtime_ns == written
 
     touched = os.stat(index.paths[3])
     os.utime(index.paths[3], ns=(touched.st_atime_ns, touched.st_mtime_ns + 10**9))
-    changed = pack_split(index_split(tiny_data, "valid"), tmp_path / "cache", progress=False)
+    changed = pack_split(MMAFEDB(tiny_data).index("valid"), tmp_path / "cache", progress=False)
     assert changed.key != pack.key
     assert len(list((tmp_path / "cache").iterdir())) == 2
 
 
 def test_pack_resizes_odd_sizes_and_keeps_rgb(tmp_path):
     root = make_tree(tmp_path / "d")  # 48x48 and 13x70 images in 5 modes
-    index = index_split(root, "train")
+    index = MMAFEDB(root).index("train")
     gray = pack_split(index, tmp_path / "c", progress=False)
     assert gray.images.shape == (len(index), 1, 48, 48)
     rgb = pack_split(index, tmp_path / "c", size=32, grayscale=False, progress=False)
@@ -59,7 +56,7 @@ def test_pack_resizes_odd_sizes_and_keeps_rgb(tmp_path):
 
 def test_eval_inputs_are_identical_in_the_packed_and_per_image_paths(tiny_data, tmp_path):
     pre = Preprocessing(image_size=72)
-    index = index_split(tiny_data, "test")
+    index = MMAFEDB(tiny_data).index("test")
     pack = pack_split(index, tmp_path / "cache", progress=False)
     per_image = torch.stack([build_eval_transform(pre)(load_image(p)) for p in index.paths])
     assert torch.equal(to_model_input(pack.images, pre), per_image)
@@ -138,9 +135,9 @@ def test_batched_crops_follow_torchvision_random_resized_crop():
 )
 def test_batched_augmentation_matches_the_per_image_distribution(tiny_data, tmp_path, aug):
     pre = Preprocessing(image_size=56)
-    path = index_split(tiny_data, "train").paths[5]
+    path = MMAFEDB(tiny_data).index("train").paths[5]
     image = load_image(path)
-    pack = pack_split(index_split(tiny_data, "train"), tmp_path / "c", progress=False)
+    pack = pack_split(MMAFEDB(tiny_data).index("train"), tmp_path / "c", progress=False)
     n = 1500
     batch = pack.images[5:6].expand(n, -1, -1, -1)
     ours = BatchAugmentation(pre, aug)(batch, torch.Generator().manual_seed(1))
@@ -200,7 +197,7 @@ def _head_losses(tiny_data, tmp_path, policy: str, feature_cache: bool) -> tuple
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[recorder],
+        callbacks=[recorder, *([FeatureCache()] if feature_cache else [])],
         num_sanity_val_steps=0,
     )
     trainer.fit(model, datamodule=dm)
@@ -232,7 +229,8 @@ def test_feature_cache_views_hold_distinct_augmented_views(tiny_data, tmp_path):
     )
     model = FERModule(pretrained=False, freeze={"policy": "backbone"})
     trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        callbacks=[FeatureCache()])  # fmt: skip
     trainer.fit(model, datamodule=dm)
     loader = trainer.train_dataloader
     assert loader.views == 3 and loader.data.shape[:2] == (3, 56)

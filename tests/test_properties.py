@@ -15,15 +15,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from fer.data.batch_transforms import BatchAugmentation
-from fer.data.transforms import (
-    Augmentation,
-    Preprocessing,
-    build_eval_transform,
-    build_train_transform,
-    load_image,
-    to_model_input,
-)
+from fer.data.augment import BatchAugmentation
+from fer.data.decode import load_image
+from fer.data.preprocessing import Augmentation, Preprocessing
+from fer.data.transforms import build_eval_transform, build_train_transform, to_model_input
 from fer.losses import CrossEntropyLoss
 
 IGNORE = -100

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fer.atomic import OutputWriteError, atomic_save, atomic_write_text
-from fer.data.packed import PackedBatches
-from fer.sweep import optuna_storage
+from fer.data.loaders import PackedBatches
+from fer.files import OutputWriteError, atomic_save, atomic_write_text
+from fer.run.sweep import optuna_storage
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES])
@@ -25,7 +25,7 @@ def test_failed_write_keeps_the_previous_file_and_says_what_to_do(tmp_path: Path
             handle.write(b"the first bytes got out")
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr("fer.atomic.open", full_disk_open, raising=False)
+    monkeypatch.setattr("fer.files.open", full_disk_open, raising=False)
     with pytest.raises(OutputWriteError) as raised:
         atomic_save({"step": 2, "w": torch.zeros(3)}, path)
     message = str(raised.value)
@@ -93,11 +93,12 @@ def test_optuna_storage_accepts_urls_and_file_paths(tmp_path: Path):
 
 
 def test_mean_pooling_replaces_adaptive_pooling_with_the_same_outputs():
-    from fer.models.backbone import build_backbone
+    from fer.models.backbones import build_backbone
     from fer.models.module import GlobalAvgPool, use_mean_pooling
 
     torch.manual_seed(0)
-    model = build_backbone("mobilenet_v3_small", 7, False, None).eval()
+    model, _ = build_backbone("mobilenet_v3_small", 7, False, None)
+    model.eval()
     x = torch.randn(2, 3, 64, 64)
     before = model(x)
     assert use_mean_pooling(model) == 10  # the classifier's pooling and 9 squeeze-excitation blocks
@@ -109,7 +110,7 @@ def test_mean_pooling_replaces_adaptive_pooling_with_the_same_outputs():
 
 
 def test_resume_needs_a_run_folder_with_last_ckpt(tmp_path: Path, capsys):
-    from fer.resume import resume_folder, run_folder_of
+    from fer.run.resume import resume_folder, run_folder_of
 
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     for target, fragment in [

@@ -11,8 +11,8 @@ from conftest import TINY, run_dirs, run_fer
 from nbclient import NotebookClient
 
 from fer import results
-from fer.config import PROJECT_ROOT
 from fer.errors import FERError
+from fer.run.config import PROJECT_ROOT
 
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "results.ipynb"
 

@@ -6,16 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, run_fer
-from test_errors import assert_clean_error
+from conftest import TINY, assert_clean_error, run_fer
 
-from fer.checkpoints import check_resumable, load_module, read_checkpoint
 from fer.errors import CheckpointError, IncompatibleCheckpointError
-from fer.eval import load_checkpoint
 from fer.export import main as export_main
 from fer.models import FERModule
-from fer.models.backbone import build_backbone
+from fer.models.backbones import build_backbone
 from fer.predict import main as predict_main
+from fer.run.checkpoints import check_resumable, load_module, read_checkpoint
 
 FIVE_CLASSES = ["angry", "fear", "happy", "neutral", "sad"]
 
@@ -86,7 +84,7 @@ def test_every_checkpoint_reader_refuses_the_payload(tool, malicious, tiny_data,
         assert export_main([str(path), "--out", str(path.with_suffix(".onnx"))]) == 2
     elif tool == "eval":
         with pytest.raises(CheckpointError, match="weights_only=True"):
-            load_checkpoint(str(path))
+            load_module(str(path), key="ckpt_path")
     else:
         from fer.results import predict_split
 
@@ -132,7 +130,7 @@ def test_weights_that_do_not_match_their_own_hparams_are_refused(
     path = tampered(checkpoint, tmp_path, **hparams)
     expected = [*fragments, "its weights are mobilenet_v3_small with 7 classes", str(path)]
     with pytest.raises(IncompatibleCheckpointError) as raised:
-        load_checkpoint(str(path))
+        load_module(str(path), key="ckpt_path")
     assert all(fragment in str(raised.value) for fragment in expected), str(raised.value)
     assert predict_main([str(path), one_image(tiny_data)]) == 2
     assert export_main([str(path), "--out", str(tmp_path / "m.onnx")]) == 2
@@ -156,7 +154,7 @@ def test_resume_needs_the_same_backbone(checkpoint):
     for fragment in [
         f"ckpt_path={checkpoint} holds mobilenet_v3_small with 7 classes (angry, disgust",
         "this run builds mobilenet_v3_large with 7 classes",
-        "Resume with model=mobilenet_v3_small",
+        "Resume with model.backbone=mobilenet_v3_small",
         "drop ckpt_path to start a new run",
     ]:
         assert fragment in message, message
@@ -184,17 +182,17 @@ def test_resume_refuses_a_checkpoint_from_another_tool(tmp_path):
 
 def test_weights_path_of_the_other_backbone_is_refused(tmp_path):
     path = tmp_path / "small.pth"
-    torch.save(build_backbone("mobilenet_v3_small").state_dict(), path)
+    torch.save(build_backbone("mobilenet_v3_small")[0].state_dict(), path)
     with pytest.raises(IncompatibleCheckpointError) as raised:
         build_backbone("mobilenet_v3_large", weights_path=path)
     message = str(raised.value)
     assert f"model.weights_path={path} holds mobilenet_v3_small weights" in message
-    assert "this run builds mobilenet_v3_large: pass model=mobilenet_v3_small" in message
+    assert "this run builds mobilenet_v3_large: pass model.backbone=mobilenet_v3_small" in message
 
 
 def test_weights_path_takes_a_fer_checkpoint_with_other_classes(checkpoint):
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    network = build_backbone("mobilenet_v3_small", num_classes=5, weights_path=checkpoint)
+    network, _ = build_backbone("mobilenet_v3_small", num_classes=5, weights_path=checkpoint)
     assert torch.equal(network.state_dict()["features.0.0.weight"], state["model.features.0.0.weight"])
     assert network.classifier[-1].out_features == 5
 
@@ -218,6 +216,6 @@ def test_train_refuses_to_resume_another_backbone(checkpoint, tiny_data, outputs
     args = ["data=mmafedb", f"data.data_dir={tiny_data}", *TINY, "model=mobilenet_v3_large"]
     result = run_fer("fer.train", *args, f"ckpt_path={checkpoint}", outputs=outputs)
     assert_clean_error(
-        result, "holds mobilenet_v3_small", "builds mobilenet_v3_large", "model=mobilenet_v3_small"
+        result, "holds mobilenet_v3_small", "builds mobilenet_v3_large", "model.backbone=mobilenet_v3_small"
     )
     assert not list(outputs.rglob("*.ckpt"))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fer import workers
 from fer.data import synthetic
 from fer.data.synthetic import (
     CLASS_NAMES,
@@ -102,7 +103,7 @@ def test_each_image_depends_only_on_seed_split_class_and_index(tmp_path: Path, s
 
 def test_parallel_generation_matches_serial(tmp_path: Path, small_dataset: Path, monkeypatch) -> None:
     monkeypatch.setattr(synthetic, "_SERIAL_LIMIT", 0)
-    monkeypatch.setattr(synthetic, "available_cores", lambda: 2)
+    monkeypatch.setattr(workers, "available_cores", lambda: 2)
     parallel = generate_synthetic_dataset(tmp_path / "parallel", 3, 2, seed=0)
     assert _files(parallel) == _files(small_dataset)
 
@@ -119,13 +120,19 @@ def test_splits_do_not_share_images(tmp_path: Path) -> None:
     assert not hashes["valid"] & hashes["test"]
 
 
-def test_generate_replaces_existing_folder_and_leaves_no_temporaries(tmp_path: Path) -> None:
-    out = tmp_path / "data"
-    (out / "stale").mkdir(parents=True)
-    (out / "stale" / "junk.txt").write_text("old")
-    generate_synthetic_dataset(out, 1, 1)
-    assert not (out / "stale").exists()
+def test_generate_replaces_its_own_data_set_and_leaves_no_temporaries(tmp_path: Path) -> None:
+    out = generate_synthetic_dataset(tmp_path / "data", 1, 1, seed=0)
+    (out / "train" / "happy" / "stale.png").write_bytes(b"made by an earlier generation")
+    generate_synthetic_dataset(out, 2, 1, seed=3)
+    assert not (out / "train" / "happy" / "stale.png").exists()
+    assert json.loads((out / "synthetic.json").read_text())["seed"] == 3
     assert [p.name for p in tmp_path.iterdir()] == ["data"]
+
+
+def test_generate_into_an_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    out = generate_synthetic_dataset(tmp_path / "empty", 1, 1)
+    assert len(list((out / "train").rglob("*.png"))) == 7
 
 
 def test_interrupted_generation_keeps_old_dataset_and_cleans_up(tmp_path: Path, monkeypatch) -> None:

@@ -365,28 +365,37 @@ class FERDataModule(LightningDataModule):
             )
         self.features[split] = features
 
-    def _feature_loader(self, split: str) -> PackedBatches:
+    def feature_views(self, split: str) -> int:
+        """Augmented views per image held in the feature cache: several for training (if it augments)."""
+        return self.feature_cache_views if split == "train" and self.augments() else 1
+
+    def _features_of(self, split: str) -> Tensor:
         if split not in self.features:
             raise FERError(
                 "data.feature_cache=true: no features were handed to the data module (fer.train adds the "
                 "fer.models.features.FeatureCache callback that computes them; add it when training by hand)."
             )
         features = self.features[split]
+        return features if features.shape[0] > 1 else features[0]
+
+    def _feature_loader(self, split: str) -> PackedBatches:
+        """Batches of features; Lightning asks for the loader (to count its batches) before the features
+        exist, so they are taken from :meth:`use_features` when the first batch is drawn."""
         pack = self.pack(split)
         train = split == "train"
         rank, world_size = self._distributed()
-        views = int(features.shape[0])
+        device = self.device()
         return PackedBatches(
-            features if views > 1 else features[0],
-            pack.labels.to(features.device),
+            partial(self._features_of, split),
+            pack.labels.to(device),
             self.batch_size_per_device if train else self.eval_batch_size,
-            targets=pack.targets.to(features.device) if pack.targets is not None else None,
+            targets=pack.targets.to(device) if pack.targets is not None else None,
             shuffle=train,
             seed=self.seed,
             weights=self._sampler_weights() if train else None,
             rank=rank,
             world_size=world_size,
-            views=views,
+            views=self.feature_views(split),
             drop_last=train and self.drop_last,
         )
 

@@ -46,13 +46,14 @@ class PackedBatches:
     restarted run sees the same data as an uninterrupted one. ``data`` is ``(N, ...)``, or ``(V, N, ...)``
     with ``views`` > 1 (cached features of V augmented views: each image shows one view at random per
     epoch). Under DDP each rank takes every ``world_size``-th item of the shared order (padded to equal
-    length, as ``DistributedSampler``). ``transform(batch, generator)`` turns a uint8 batch into model input.
+    length, as ``DistributedSampler``). ``data`` may be a callable that gives the tensor on first use.
+    ``transform(batch, generator)`` turns a uint8 batch into model input.
     Batches are ``(inputs, labels)``, or ``(inputs, labels, targets)`` with soft ``targets`` ``(N, K)``.
     """
 
     def __init__(
         self,
-        data: Tensor,
+        data: Tensor | Callable[[], Tensor],
         labels: Tensor,
         batch_size: int,
         *,
@@ -66,7 +67,7 @@ class PackedBatches:
         views: int = 1,
         drop_last: bool = False,
     ) -> None:
-        self.data, self.labels, self.targets = data, labels, targets
+        self._data, self.labels, self.targets = data, labels, targets
         self.batch_size = int(batch_size)
         self.transform = transform
         self.shuffle = shuffle
@@ -82,6 +83,14 @@ class PackedBatches:
         # Lightning calls ``loader.sampler.set_epoch(epoch)`` at every epoch start, and reads batch_sampler
         self.sampler = self
         self.batch_sampler = None
+
+    @property
+    def data(self) -> Tensor:
+        """The items batched; a callable given as ``data`` is asked for them on first use (features computed
+        after Lightning has already counted the batches)."""
+        if callable(self._data):
+            self._data = self._data()
+        return self._data
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)

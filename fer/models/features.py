@@ -64,7 +64,7 @@ class FeatureCache(Callback):
         for split in SPLITS:
             if split == "valid" and trainer.limit_val_batches == 0:
                 continue
-            views = datamodule.feature_cache_views if split == "train" and datamodule.augments() else 1
+            views = datamodule.feature_views(split)
             datamodule.use_features(split, self.features(trainer, pl_module, datamodule, split, views))
 
     def features(

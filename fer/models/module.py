@@ -332,9 +332,10 @@ class FERModule(LightningModule):
 
     def _run_length(self, spec: Mapping[str, Any]) -> int:
         trainer = self.trainer
-        return schedules.run_length(
+        length = schedules.run_length(
             spec.get("interval", "epoch"), trainer.max_epochs, trainer.estimated_stepping_batches
         )
+        return max(length, int(spec.get("min_run_length") or 1))
 
     def _extend_schedule_if_longer(self) -> None:
         """A run resumed for more epochs: rebuild the schedule for the new length from the restored step."""

@@ -4,7 +4,8 @@ The group holds a ``_partial_`` scheduler (``schedule``), how Lightning steps it
 ``frequency``, ``monitor``) and ``run_length_arg``: the one explicit hook for schedules whose length depends
 on the run. It names the scheduler argument that receives the run's length counted in ``interval``s (the
 total optimizer steps, or ``trainer.max_epochs``), e.g. ``total_steps`` for ``OneCycleLR`` or ``T_max`` for
-``CosineAnnealingLR``; ``null`` for schedules that need none (``StepLR``, ``ReduceLROnPlateau``).
+``CosineAnnealingLR``; ``null`` for schedules that need none (``StepLR``, ``ReduceLROnPlateau``);
+``min_run_length`` (optional) is the least length such a schedule is built for.
 
 A run resumed for more epochs (``resume=<run> trainer.max_epochs=30``) rebuilds such a schedule for the new
 length and moves it to the restored step: :func:`extend_schedule`.

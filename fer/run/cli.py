@@ -100,10 +100,10 @@ def user_errors() -> Iterator[None]:
 def _override_error(error: BaseException) -> str | None:
     """Hydra's "Could not override 'group.key'" for a key that a config group does not have, in words that
     list the keys the group has (Hydra's own advice, to prefix ``+``, only moves the error elsewhere)."""
-    from omegaconf.errors import ConfigKeyError
+    from omegaconf.errors import OmegaConfBaseException
 
     cause = error.__cause__
-    if not isinstance(cause, ConfigKeyError) or "not in struct" not in str(cause):
+    if not isinstance(cause, OmegaConfBaseException) or "not in struct" not in str(cause):
         return None
     full_key = str(getattr(cause, "full_key", "") or "")
     parent = getattr(cause, "parent_node", None)
