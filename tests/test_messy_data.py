@@ -18,17 +18,12 @@ from conftest import TINY, assert_clean_error, run_dirs, run_fer
 from PIL import Image
 
 from fer.data import CLASS_NAMES, FERDataModule
+from fer.data.decode import BadImageError, load_image
 from fer.data.packing import find_bad_images, pack_split
+from fer.data.preprocessing import Augmentation, Preprocessing
 from fer.data.sources import MMAFEDB
 from fer.data.synthetic import generate_synthetic_dataset
-from fer.data.transforms import (
-    Augmentation,
-    BadImageError,
-    Preprocessing,
-    build_eval_transform,
-    build_train_transform,
-    load_image,
-)
+from fer.data.transforms import build_eval_transform, build_train_transform
 from fer.errors import DataLayoutError, FERError
 
 TRAIN_PER_CLASS = 4

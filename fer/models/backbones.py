@@ -123,19 +123,22 @@ def _build(name: str) -> nn.Module:
 
 
 @functools.cache
-def _structure(name: str) -> nn.Module:
-    """Backbone ``name`` without weights, for its names and shapes (on the meta device where possible)."""
+def _structure(name: str, cpu_fallback: bool = True) -> nn.Module | None:
+    """Backbone ``name`` without weights, for its names and shapes: built on the meta device, or (for
+    builders that compute with tensors, e.g. RegNet) on the CPU when ``cpu_fallback``; else None."""
     try:
         with torch.device("meta"):
             return _build(name)
-    except (NotImplementedError, RuntimeError):  # a builder that computes with tensors (RegNet)
-        return _build(name)
+    except (NotImplementedError, RuntimeError):
+        return _build(name) if cpu_fallback else None
 
 
 @functools.cache
-def backbone_shapes(name: str) -> tuple[str, dict[str, tuple[int, ...]]]:
-    """The head's name and the shape of every weight outside it, of backbone ``name``."""
-    model = _structure(name)
+def backbone_shapes(name: str, cpu_fallback: bool = True) -> tuple[str, dict[str, tuple[int, ...]]] | None:
+    """The head's name and the shape of every weight outside it, of backbone ``name`` (None: not built)."""
+    model = _structure(name, cpu_fallback)
+    if model is None:
+        return None
     head = split_network(model).head
     return head, {k: tuple(v.shape) for k, v in model.state_dict().items() if _compared(k, head)}
 
@@ -146,12 +149,18 @@ def _compared(key: str, head: str) -> bool:
 
 
 def identify_backbone(state: Mapping[str, Any], candidates: list[str] | None = None) -> str | None:
-    """The torchvision backbone whose weights outside the head have exactly the names and shapes in ``state``."""
+    """The torchvision backbone whose weights outside the head have exactly the names and shapes in ``state``.
+
+    Without ``candidates`` every torchvision model that builds on the meta device is tried (a few seconds,
+    for error messages); those that cannot (RegNet) only when named."""
     for name in candidates or backbone_names():
         try:
-            head, expected = backbone_shapes(name)
+            known = backbone_shapes(name, cpu_fallback=candidates is not None)
         except Exception:  # a model torchvision cannot build here: not a candidate
             continue
+        if known is None:
+            continue
+        head, expected = known
         shapes = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape") and _compared(k, head)}
         if shapes == expected:
             return name
@@ -160,7 +169,7 @@ def identify_backbone(state: Mapping[str, Any], candidates: list[str] | None = N
 
 def head_classes(state: Mapping[str, Any], name: str) -> int | None:
     """The number of classes of the final Linear in ``state``, a state dict of backbone ``name``."""
-    head, _ = backbone_shapes(name)
+    head = split_network(_structure(name)).head
     weights = [v for k, v in state.items() if k.startswith(f"{head}.") and getattr(v, "ndim", 0) == 2]
     return int(weights[-1].shape[0]) if weights else None
 

@@ -161,8 +161,9 @@ class FERModule(LightningModule):
         self.test_recall = MulticlassRecall(num_classes, average="none")
         self.val_confmat = MulticlassConfusionMatrix(num_classes)
         self.test_confmat = MulticlassConfusionMatrix(num_classes)
-        # the best validation accuracy so far: a buffer, so checkpoints carry it and a resumed run goes on
-        self.register_buffer("val_acc_best", torch.tensor(float("nan")))
+        # the best validation accuracy so far (0 before the first validation epoch): a buffer, so that
+        # checkpoints carry it and a resumed run goes on from it
+        self.register_buffer("val_acc_best", torch.tensor(0.0))
         # stage -> the confusion matrix of its last epoch (figures are drawn by fer.models.callbacks)
         self.confusion: dict[str, Tensor] = {}
         self.schedule_length: int | None = None
@@ -301,11 +302,11 @@ class FERModule(LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         acc = self._log_epoch_end("val")
-        if not self.trainer.sanity_checking:
-            best = self.val_acc_best
-            self.val_acc_best = torch.where(torch.isnan(best) | (acc > best), acc.to(best), best)
-        shown = acc if torch.isnan(self.val_acc_best) else self.val_acc_best
-        self.log("val/acc_best", shown)
+        if self.trainer.sanity_checking:
+            self.log("val/acc_best", acc)  # the sanity check's batches do not count
+            return
+        self.val_acc_best = torch.maximum(self.val_acc_best, acc.to(self.val_acc_best))
+        self.log("val/acc_best", self.val_acc_best)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_end("test")
@@ -326,28 +327,34 @@ class FERModule(LightningModule):
                 "freeze=gradual adds the backbone's parameters to the optimizer mid-run, which a schedule built "
                 "for the run's length cannot schedule: use scheduler=plateau, step or none with it."
             )
-        self.schedule_length = self._run_length(spec) if spec.get("run_length_arg") else None
+        self.schedule_length = None
+        if spec.get("run_length_arg"):
+            # resuming: the restored run's length (its scheduler state replaces this one's; a longer run is
+            # rebuilt in on_train_start). Counting the steps now would make Lightning build the training
+            # loader before the checkpoint restores its position in the epoch.
+            restored = self.restored_schedule_length
+            self.schedule_length = restored if restored is not None else self._run_length(spec)
         scheduler = schedules.build_scheduler(spec, optimizer, self.schedule_length)
         return {"optimizer": optimizer, "lr_scheduler": schedules.lightning_config(spec, scheduler)}
 
     def _run_length(self, spec: Mapping[str, Any]) -> int:
         trainer = self.trainer
-        length = schedules.run_length(
-            spec.get("interval", "epoch"), trainer.max_epochs, trainer.estimated_stepping_batches
-        )
+        interval = spec.get("interval", "epoch")
+        steps = trainer.estimated_stepping_batches if interval == "step" else 0
+        length = schedules.run_length(interval, trainer.max_epochs, steps)
         return max(length, int(spec.get("min_run_length") or 1))
 
     def _extend_schedule_if_longer(self) -> None:
-        """A run resumed for more epochs: rebuild the schedule for the new length from the restored step."""
-        old, new = self.restored_schedule_length, self.schedule_length
-        if old is None or new is None or old == new or not self.trainer.lr_scheduler_configs:
+        """A resumed run given more epochs: rebuild the schedule for the new length from the restored step."""
+        spec = self.hparams.scheduler
+        old = self.restored_schedule_length
+        if old is None or not spec or not spec.get("run_length_arg") or not self.trainer.lr_scheduler_configs:
             return
+        new = self.schedule_length = self._run_length(spec)
         config = self.trainer.lr_scheduler_configs[0]
-        if config.scheduler.last_epoch >= new:
-            return  # the run is already as long as asked: nothing is left to schedule
-        config.scheduler = schedules.extend_schedule(
-            self.hparams.scheduler, config.scheduler, self.trainer.optimizers[0], old, new
-        )
+        if new == old or config.scheduler.last_epoch >= new:
+            return  # the same length, or the run is already as long as asked: nothing to rebuild
+        config.scheduler = schedules.extend_schedule(spec, config.scheduler, self.trainer.optimizers[0], old, new)
 
     # --- checkpoints and inference ------------------------------------------------------------------
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -72,7 +72,7 @@ def check_config(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return spec
 
 
-def run_length(interval: str, max_epochs: int | None, stepping_batches: int | float) -> int:
+def run_length(interval: str, max_epochs: int | None, stepping_batches: int | float = 0) -> int:
     """The run's length in ``interval``s: optimizer steps or epochs (at least 1)."""
     if interval == "step":
         return max(int(stepping_batches), 1)

@@ -49,7 +49,7 @@ class LastCheckpoint(Checkpoint):
             return
         if self.saved_at_step == trainer.global_step:
             return
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)
         self.saved_at_step = trainer.global_step
 
     def on_train_batch_end(

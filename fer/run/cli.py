@@ -135,6 +135,9 @@ def hydra_command(hydra_main: Callable[[], Any]) -> Callable[[], Any]:
         except SystemExit:
             raise
         except Exception as raised:
+            from fer.run.sweep import report_pending
+
+            report_pending()  # a sweep whose failed job ended it: its table of jobs first
             if not own:
                 raise
             from hydra.errors import HydraException

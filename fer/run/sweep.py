@@ -8,7 +8,6 @@ end, also when the sweep ends with an error (grid) and when Optuna recorded fail
 
 from __future__ import annotations
 
-import atexit
 import functools
 import json
 import logging
@@ -42,6 +41,17 @@ def failure_of(job_return: JobReturn) -> BaseException | None:
     return None
 
 
+# summaries of sweeps still running in this process: a grid sweep with a failed job ends by raising that
+# job's error after every job ran, without Hydra's multirun-end callback; fer's entry point then reports them
+PENDING: list[SweepSummary] = []
+
+
+def report_pending() -> None:
+    """Print and write the summary of every sweep that ended without reaching its multirun-end callback."""
+    while PENDING:
+        PENDING.pop().report()
+
+
 class SweepSummary(Callback):
     def __init__(self) -> None:
         self.folder: Path | None = None
@@ -52,9 +62,7 @@ class SweepSummary(Callback):
         self.folder = Path(str(config.hydra.sweep.dir))
         self.jobs = []
         self.reported = False
-        # a grid sweep with a failed job ends by raising that job's error, after every job ran:
-        # the summary is then printed at exit
-        atexit.register(self.report)
+        PENDING.append(self)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if self.folder is None:
@@ -101,6 +109,8 @@ class SweepSummary(Callback):
         return "\n".join(lines) + "\n"
 
     def report(self) -> None:
+        if self in PENDING:
+            PENDING.remove(self)
         if self.reported or self.folder is None or not self.jobs:
             return
         self.reported = True
