@@ -1,11 +1,11 @@
-"""Every user error of the data layout and checkpoints, through the real entry point: one clear message,
-a non-zero exit code, no traceback."""
+"""Every user error of the data layout, devices and checkpoints, through the real entry point: one clear
+message, a non-zero exit code, no traceback (in this process; one case also as a real process)."""
 
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY, assert_clean_error, run_fer
+from conftest import TINY, assert_clean_error, fer_main, run_fer
 
 
 def copy_tree(tiny_data: Path, tmp_path: Path) -> Path:
@@ -14,8 +14,9 @@ def copy_tree(tiny_data: Path, tmp_path: Path) -> Path:
     return root
 
 
-def train_on(root: Path, outputs: Path, *extra: str):
-    return run_fer("fer.train", "data=mmafedb", f"data.data_dir={root}", *TINY, *extra, outputs=outputs)
+def train_on(root: Path, outputs: Path, *extra: str, env: dict | None = None):
+    args = ["data=mmafedb", f"data.data_dir={root}", *TINY, *extra]
+    return fer_main("fer.train", *args, outputs=outputs, env=env)
 
 
 def break_missing_split(root: Path) -> str:
@@ -30,7 +31,7 @@ def break_missing_class(root: Path) -> str:
 
 def break_unknown_class(root: Path) -> str:
     (root / "train" / "contempt").mkdir()
-    return "contempt"
+    return "To train on other classes, use data=folder"
 
 
 def break_empty_split(root: Path) -> str:
@@ -49,11 +50,13 @@ def break_unreadable_image(root: Path) -> str:
 
 @pytest.mark.slow
 def test_missing_data_dir_says_how_to_get_mmafedb(tmp_path, outputs):
-    result = train_on(tmp_path / "MMAFEDB", outputs)
+    args = ["data=mmafedb", f"data.data_dir={tmp_path / 'MMAFEDB'}", *TINY]
+    result = run_fer(
+        "fer.train", *args, outputs=outputs
+    )  # a real process: exit code and stderr as a user sees them
     assert_clean_error(result, str(tmp_path / "MMAFEDB"), "Kaggle", "data=synthetic")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "breaker",
     [
@@ -72,36 +75,37 @@ def test_broken_data_layout_gives_one_clear_error(breaker, tiny_data, tmp_path, 
     assert_clean_error(result, expected)
 
 
-@pytest.mark.slow
 def test_missing_checkpoint_is_a_clear_error(tiny_data, tmp_path, outputs):
     missing = tmp_path / "nope" / "last.ckpt"
     assert_clean_error(train_on(tiny_data, outputs, f"ckpt_path={missing}"), str(missing))
-    assert_clean_error(run_fer("fer.eval", f"ckpt_path={missing}", outputs=outputs), str(missing))
-    assert_clean_error(run_fer("fer.eval", outputs=outputs), "ckpt_path is required")
+    assert_clean_error(fer_main("fer.eval", f"ckpt_path={missing}", outputs=outputs), str(missing))
+    assert_clean_error(fer_main("fer.eval", outputs=outputs), "ckpt_path is required")
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize("trainer", ["gpu", "ddp"])
+def test_a_gpu_trainer_on_a_machine_without_one_names_the_cpu_options(
+    trainer, tiny_data, outputs, monkeypatch
+):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # whatever this machine has
+    args = ["data=mmafedb", f"data.data_dir={tiny_data}", *(a for a in TINY if "accelerator" not in a)]
+    result = fer_main("fer.train", *args, f"trainer={trainer}", outputs=outputs)
+    assert_clean_error(result, "trainer.accelerator=gpu", "no CUDA GPU", "trainer=default", "trainer=cpu")
+
+
 def test_feature_cache_needs_a_frozen_front(tiny_data, outputs):
     result = train_on(tiny_data, outputs, "freeze=none", "data.feature_cache=true")
     assert_clean_error(result, "data.feature_cache=true needs freeze=backbone or freeze=last_layer")
 
 
-@pytest.mark.slow
 def test_offline_pretrained_download_says_where_to_put_the_weights(tiny_data, tmp_path, outputs):
     env = {
         "TORCH_HOME": str(tmp_path / "torch_home"),
         "HTTPS_PROXY": "http://127.0.0.1:9",
         "HTTP_PROXY": "http://127.0.0.1:9",
     }
-    result = run_fer(
-        "fer.train",
-        "data=mmafedb",
-        f"data.data_dir={tiny_data}",
-        *TINY,
-        "model.pretrained=true",
-        outputs=outputs,
-        env=env,
-    )
+    result = train_on(tiny_data, outputs, "model.pretrained=true", env=env)
     assert_clean_error(
         result, "mobilenet_v3_small-047dcff4.pth", "model.weights_path", "model.pretrained=false"
     )

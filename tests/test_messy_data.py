@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, assert_clean_error, run_dirs, run_fer
+from conftest import TINY, assert_clean_error, fer_main, run_dirs
 from PIL import Image
 
 from fer.data import CLASS_NAMES, FERDataModule
@@ -277,7 +277,7 @@ def test_on_bad_image_must_be_skip_or_error(tmp_path):
 # --- the real entry point on the messy tree -----------------------------------------------------------
 def _train(root: Path, outputs: Path, *extra: str):
     args = ["data=mmafedb", f"data.data_dir={root}", f"data.cache_dir={outputs / 'cache'}", *TINY]
-    return run_fer("fer.train", *args, "trainer.max_epochs=1", *extra, outputs=outputs)
+    return fer_main("fer.train", *args, "trainer.max_epochs=1", *extra, outputs=outputs)
 
 
 @pytest.mark.slow

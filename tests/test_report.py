@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY, run_fer
+from conftest import TINY, fer_main
 
 from fer.report import load_sweep, main
 
@@ -225,7 +225,7 @@ def tiny_sweep_args(data: Path) -> list[str]:
 @pytest.mark.slow
 def test_report_of_a_real_grid_sweep_with_failed_jobs(tiny_data, outputs, capsys):
     # freeze=partial with 99 trainable blocks fails at once (a clear error); freeze=none ignores the key
-    run_fer(
+    fer_main(
         "fer.train", "-m", *tiny_sweep_args(tiny_data), "freeze=none,partial", "seed=1,2",
         "++freeze.trainable_blocks=99", outputs=outputs,
     )  # fmt: skip
@@ -253,7 +253,7 @@ def test_report_of_a_real_grid_sweep_with_failed_jobs(tiny_data, outputs, capsys
 @pytest.mark.slow
 def test_report_of_a_real_optuna_sweep_marks_its_best_trial(tiny_data, outputs, capsys):
     # sampler seed 1: the second trial draws freeze=partial, which fails (see test_entrypoints)
-    run_fer(
+    fer_main(
         "fer.train", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.seed=1",
         "++freeze.trainable_blocks=99", *tiny_sweep_args(tiny_data), outputs=outputs,
     )  # fmt: skip

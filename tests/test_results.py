@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
-from conftest import TINY, run_dirs, run_fer
+from conftest import TINY, fer_main, run_dirs
 from nbclient import NotebookClient
 
 from fer import results
@@ -48,7 +48,7 @@ def test_find_runs_refuses_a_folder_without_runs(tmp_path):
 @pytest.mark.slow
 def test_results_notebook_runs_on_a_tiny_run(tiny_data, outputs):
     args = ["data=mmafedb", f"data.data_dir={tiny_data}", *TINY, "trainer.max_epochs=2"]
-    assert run_fer("fer.train", *args, outputs=outputs).returncode == 0
+    assert fer_main("fer.train", *args, outputs=outputs).returncode == 0
     (run,) = run_dirs(outputs)
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     os.environ["FER_RESULTS_DIR"] = str(run)

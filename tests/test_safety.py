@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, assert_clean_error, run_fer
+from conftest import TINY, assert_clean_error, fer_main
 
 from fer.errors import CheckpointError, IncompatibleCheckpointError
 from fer.export import main as export_main
@@ -202,10 +202,10 @@ def test_weights_path_takes_a_fer_checkpoint_with_other_classes(checkpoint):
 def test_entry_points_refuse_the_payload_with_one_message(entry, tmp_path, tiny_data, outputs):
     path, marker = write_malicious_checkpoint(tmp_path)
     if entry == "eval":
-        result = run_fer("fer.eval", f"ckpt_path={path}", outputs=outputs)
+        result = fer_main("fer.eval", f"ckpt_path={path}", outputs=outputs)
     else:
         args = ["data=mmafedb", f"data.data_dir={tiny_data}", *TINY, f"ckpt_path={path}"]
-        result = run_fer("fer.train", *args, outputs=outputs)
+        result = fer_main("fer.train", *args, outputs=outputs)
     assert_clean_error(result, f"ckpt_path={path}", "weights_only=True")
     assert not marker.exists()
     assert not list(outputs.rglob("*.ckpt"))
@@ -214,7 +214,7 @@ def test_entry_points_refuse_the_payload_with_one_message(entry, tmp_path, tiny_
 @pytest.mark.slow
 def test_train_refuses_to_resume_another_backbone(checkpoint, tiny_data, outputs):
     args = ["data=mmafedb", f"data.data_dir={tiny_data}", *TINY, "model=mobilenet_v3_large"]
-    result = run_fer("fer.train", *args, f"ckpt_path={checkpoint}", outputs=outputs)
+    result = fer_main("fer.train", *args, f"ckpt_path={checkpoint}", outputs=outputs)
     assert_clean_error(
         result, "holds mobilenet_v3_small", "builds mobilenet_v3_large", "model.backbone=mobilenet_v3_small"
     )

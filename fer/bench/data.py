@@ -120,5 +120,3 @@ def ensure_jpeg_tree(
     write_jpeg_tree(out, train_per_class, eval_per_class, seed)
     print_progress(f"  done in {time.perf_counter() - start:.1f} s")
     return out
-
-

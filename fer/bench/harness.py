@@ -46,7 +46,6 @@ CUDA_QUICK_BUDGET = (1_000_000, 3.0)  # the seed's full 224 px fine-tune runs ~5
 B = TypeVar("B")
 
 
-
 # ----------------------------------------------------------------------------------------- measuring
 
 
@@ -441,5 +440,3 @@ def results_json(header: dict[str, Any], results: Sequence[Result]) -> dict[str,
 
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-

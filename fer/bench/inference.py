@@ -182,5 +182,3 @@ for _runtime in ("torch", "onnxruntime"):
             + ("batch 1 (images/s = 1000 / median ms)" if _part == "latency" else "batch 256"),
             compare_to=f"inference/torch/{_part}@{DEFAULT_SIZE}",
         )(functools.partial(_inference, runtime=_runtime, part=_part))
-
-

@@ -487,5 +487,3 @@ for _policy in ("last_layer", "backbone"):
             f"freeze={_policy}, data.feature_cache=true: {_what}",
             compare_to="seed/last_layer@224",
         )(functools.partial(_fer_cached, policy=_policy, part=_part))
-
-

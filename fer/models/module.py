@@ -354,7 +354,9 @@ class FERModule(LightningModule):
         config = self.trainer.lr_scheduler_configs[0]
         if new == old or config.scheduler.last_epoch >= new:
             return  # the same length, or the run is already as long as asked: nothing to rebuild
-        config.scheduler = schedules.extend_schedule(spec, config.scheduler, self.trainer.optimizers[0], old, new)
+        config.scheduler = schedules.extend_schedule(
+            spec, config.scheduler, self.trainer.optimizers[0], old, new
+        )
 
     # --- checkpoints and inference ------------------------------------------------------------------
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
