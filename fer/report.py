@@ -22,8 +22,10 @@ from typing import Any
 
 import yaml
 
-from fer.errors import FERError, user_message
+from fer.errors import FERError
+from fer.files import check_output_file
 from fer.results import final_metrics, find_runs
+from fer.run.cli import command
 
 DEFAULT_METRICS = ("test/acc", "test/f1_macro", "val/acc_best")
 DEFAULT_OPTIMIZED_METRIC = "val/acc_best"
@@ -426,21 +428,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--csv", type=Path, metavar="FILE", help="also write the table (grouped if asked) as CSV"
     )
+    parser.add_argument("--overwrite", action="store_true", help="with --csv: replace an existing file")
     return parser.parse_args(argv)
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the report to stdout (and ``--csv``); 2 with one ``fer: error:`` line for a user mistake."""
     args = parse_args(argv)
-    try:
-        sweep = load_sweep(args.folder)
-        metrics = select_metrics(sweep.jobs, [m.strip() for m in args.metrics.split(",") if m.strip()])
-        if not metrics:
-            raise FERError("--metrics: give at least one metric name")
-        keys = group_keys(sweep, args.group_by, args.over)
-    except FERError as error:
-        print(f"fer: error: {user_message(error)}", file=sys.stderr)
-        return 2
+    if args.csv is not None:
+        check_output_file(args.csv, args.overwrite, "--csv")
+    sweep = load_sweep(args.folder)
+    metrics = select_metrics(sweep.jobs, [m.strip() for m in args.metrics.split(",") if m.strip()])
+    if not metrics:
+        raise FERError("--metrics: give at least one metric name")
+    keys = group_keys(sweep, args.group_by, args.over)
     print(render(sweep, metrics, keys), end="")
     if args.csv is not None:
         if keys is None:

@@ -18,7 +18,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fer.data import FERDataModule
-from fer.errors import FERError
 from fer.losses import balanced_class_weights
 from fer.models import FERModule
 from fer.models.features import FeatureCache
@@ -41,8 +40,6 @@ log = logging.getLogger("fer.train")
 
 HPARAM_METRICS = ["val/acc_best", "test/acc", "test/f1_macro"]
 HPARAM_SECTIONS = ("model", "freeze", "loss", "optimizer", "scheduler")
-# what Hydra itself puts into a run folder before the job starts
-HYDRA_ENTRIES = {".hydra", "train.log", "eval.log"}
 
 
 def build_datamodule(cfg: DictConfig) -> FERDataModule:
@@ -88,22 +85,6 @@ def run_hparams(cfg: DictConfig) -> dict[str, Any]:
     return flatten(chosen)
 
 
-def check_new_run_folder(folder: Path, resuming: bool) -> None:
-    """A new run writes into a folder of its own: refuse one that already holds other files. (The other
-    processes of a multi-device run share rank 0's folder, which checked it.)"""
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
-    if resuming or not folder.is_dir() or rank_zero_only.rank != 0:
-        return
-    found = sorted(p.name for p in folder.iterdir() if p.name not in HYDRA_ENTRIES)
-    if found:
-        raise FERError(
-            f"The run folder {folder} already holds {found[:5]}: fer writes a new run into a folder of its own "
-            "and does not replace what is there. Choose a new hydra.run.dir (or leave it at its default), or "
-            f"continue the run that is there with resume={folder}."
-        )
-
-
 def training_callbacks(cfg: DictConfig) -> list[L.Callback]:
     """The callbacks that follow from the config groups (the callbacks group adds its own)."""
     callbacks: list[L.Callback] = [RecordDataConfig()]
@@ -123,7 +104,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = check_checkpoint_path(cfg.get("ckpt_path"))
     checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None  # weights_only=True
     resuming = bool(cfg.get("resume"))
-    check_new_run_folder(Path(cfg.paths.output_dir), resuming)
 
     datamodule = build_datamodule(cfg)
     model = build_module(cfg, datamodule)

@@ -113,6 +113,7 @@ def fer_main(module: str, *args: str, outputs: Path, env: dict | None = None) ->
     import importlib
 
     entry = importlib.import_module(module).main
+    outputs.mkdir(parents=True, exist_ok=True)
     stdout, stderr = io.StringIO(), io.StringIO()
     argv = sys.argv
     cwd = Path.cwd()
@@ -191,6 +192,7 @@ def train_tiny_checkpoint(data: Path, folder: Path, backbone: str = "mobilenet_v
     from fer.run.process import quiet_known_warnings
 
     quiet_known_warnings()
+    L.seed_everything(0)  # the same checkpoint whatever ran before it
     datamodule = FERDataModule(data, image_size=32, batch_size=56, cache_dir=folder / "cache")
     model = FERModule(
         backbone,

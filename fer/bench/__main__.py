@@ -32,6 +32,7 @@ from fer.bench.harness import (
 )
 from fer.data.sources import ImageFolders
 from fer.errors import FERError
+from fer.files import check_output_file
 from fer.run.cli import command
 from fer.run.process import quiet_known_warnings, tune_cpu_allocator
 from fer.workers import available_cores
@@ -55,6 +56,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, help="JSON results (default: outputs/bench/bench-<timestamp>.json)"
     )
+    parser.add_argument("--overwrite", action="store_true", help="with --out: replace an existing file")
     parser.add_argument(
         "--rows", help="comma-separated row names or patterns, e.g. 'seed/*,model-alone/*@112'"
     )
@@ -88,6 +90,8 @@ def _context(args: argparse.Namespace) -> BenchContext:
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure the selected rows, print the table to stdout, write the JSON; 1 if a row failed, 2 on bad input."""
     args = parse_args(argv)
+    if args.out is not None:
+        check_output_file(args.out, args.overwrite)
     ctx = _context(args)
     rows = select_rows(args.rows, ctx.device)
     quiet_known_warnings()

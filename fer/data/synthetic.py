@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from fer.data.sources.base import EXPRESSIONS as CLASS_NAMES
 from fer.data.sources.base import SPLITS
 from fer.files import building_folder
+from fer.run.cli import command
 from fer.workers import map_chunks
 
 logger = logging.getLogger(__name__)
@@ -272,6 +273,7 @@ def ensure_synthetic_dataset(
     return path
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     """CLI: generate a synthetic MMAFEDB-layout dataset."""
     parser = argparse.ArgumentParser(prog="python -m fer.data.synthetic", description=__doc__)

@@ -114,6 +114,9 @@ def extend_schedule(
 ) -> LRScheduler:
     """A schedule built for ``new_length`` intervals, moved on to where the restored ``current`` one is
     (its ``last_epoch``): the learning rate from there on is that of the longer schedule."""
+    for group in optimizer.param_groups:  # the new schedule starts where the first one started
+        if "initial_lr" in group:
+            group["lr"] = group["initial_lr"]
     scheduler = build_scheduler(spec, optimizer, new_length)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": nothing trains here

@@ -29,6 +29,13 @@ def print_error(message: str) -> None:
     print(f"fer: error: {message}", file=sys.stderr)
 
 
+def fail(message: str) -> None:
+    """Stop now with one error line and exit code 2: for checks that run inside Hydra before a job exists
+    (resolvers and callbacks, where an ordinary exception would be swallowed or wrapped)."""
+    print_error(message)
+    raise SystemExit(2)
+
+
 def user_error_in_chain(error: BaseException | None) -> FERError | None:
     """The FERError behind ``error``, also when a library (Hydra's instantiate) wrapped it in its own."""
     seen = set()

@@ -9,13 +9,14 @@ start in ``.hydra/`` itself, each resume in ``.hydra/resume-<time>/``), so nothi
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from fer.errors import FERError
-from fer.files import write_failure_hint
+from fer.files import temporary_sibling, write_failure_hint
+from fer.run.cli import fail
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +24,6 @@ LAST_CHECKPOINT = "last.ckpt"
 CONFIG_SUBDIR = ".hydra"
 # keys that say where to resume from: not carried over from the recorded overrides
 RESUME_KEYS = ("resume", "ckpt_path")
-
-
-def _fail(message: str) -> None:
-    """Stop before Hydra creates any folder (a resolver cannot report through ``report_user_errors``)."""
-    print(f"fer: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def _given(value: object) -> bool:
@@ -50,14 +45,14 @@ def resume_folder(resume: object) -> Path:
     """The run folder named by ``resume=``, checked: it must hold ``checkpoints/last.ckpt``."""
     folder = Path(str(resume)).expanduser().resolve()
     if not folder.is_dir():
-        _fail(f"resume={resume}: no such run folder. Pass a folder of outputs/train/runs/ (or of a sweep).")
+        fail(f"resume={resume}: no such run folder. Pass a folder of outputs/train/runs/ (or of a sweep).")
     if not (folder / "checkpoints" / LAST_CHECKPOINT).is_file():
         found = sorted(p.name for p in (folder / "checkpoints").glob("*.ckpt"))
         if found:
             what = f"the folder holds {found}: pass ckpt_path=<one of them> to start a new run from it"
         else:
             what = "the run stopped before its first checkpoint: start it again"
-        _fail(f"resume={resume}: {folder / 'checkpoints' / LAST_CHECKPOINT} does not exist; {what}.")
+        fail(f"resume={resume}: {folder / 'checkpoints' / LAST_CHECKPOINT} does not exist; {what}.")
     return folder
 
 
@@ -73,11 +68,11 @@ def ensure_writable(folder: str | Path) -> str:
     path = Path(str(folder)).expanduser()
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".fer-write-test"
+        probe = temporary_sibling(path / "write-test")
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
-        _fail(
+        fail(
             f"Cannot write to the output folder {path}: {error.strerror or error}. "
             f"{write_failure_hint(error).capitalize()}."
         )
@@ -94,10 +89,40 @@ def run_dir(task: str, resume: object, ckpt_path: object, default: str) -> str:
     return ensure_writable(folder if folder is not None else default)
 
 
+def check_new_folder(folder: Path) -> None:
+    """A new run writes into a folder of its own: stop, before anything is written, when the folder already
+    holds files (a ``hydra.run.dir`` pointed at an existing folder). The other processes of a multi-device
+    run share the folder of rank 0, which checked it."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank != 0 or not folder.is_dir():
+        return
+    found = sorted(p.name for p in folder.iterdir())
+    if found:
+        fail(
+            f"The run folder {folder} already holds {found[:5]}: fer writes a new run into a folder of its own "
+            "and does not replace what is there. Choose a new hydra.run.dir (or leave it at its default), or "
+            f"continue the run that is there with resume={folder}."
+        )
+
+
+def resumes(task: str, resume: object, ckpt_path: object) -> bool:
+    """Whether this start continues a training run in its own folder."""
+    return task in RESUMING_TASKS and (_given(resume) or run_folder_of(ckpt_path) is not None)
+
+
 def config_subdir(task: str, resume: object, ckpt_path: object, stamp: str) -> str:
     """``hydra.output_subdir``: ``.hydra`` for a new run, ``.hydra/resume-<time>`` for each resume."""
-    resumed = task in RESUMING_TASKS and (_given(resume) or run_folder_of(ckpt_path) is not None)
-    return f"{CONFIG_SUBDIR}/resume-{stamp}" if resumed else CONFIG_SUBDIR
+    return f"{CONFIG_SUBDIR}/resume-{stamp}" if resumes(task, resume, ckpt_path) else CONFIG_SUBDIR
+
+
+class RunFolderCheck(Callback):
+    """A Hydra callback: before a single run starts (before Hydra creates its folder, log or records), its
+    folder must be new or empty, unless the run resumes in it."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: object) -> None:
+        if not resumes(str(config.get("task_name")), config.get("resume"), config.get("ckpt_path")):
+            check_new_folder(Path(str(config.hydra.run.dir)))
 
 
 def _key(override: str) -> str:

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from fer.errors import user_message
 from fer.files import atomic_write_text
+from fer.run.cli import fail
 
 log = logging.getLogger("fer.sweep")
 
@@ -30,6 +31,26 @@ def _error_line(error: BaseException) -> str:
     lines = user_message(error).splitlines()
     first = lines[0].split(". ", 1)[0] if lines else ""
     return f"{type(error).__name__}: {first}"[:240]
+
+
+# what a sweep folder of fer's holds besides its jobs' run folders
+SWEEP_FILES = frozenset({"multirun.yaml", "summary.json", "summary.md", "optimization_results.yaml"})
+
+
+def check_sweep_folder(folder: Path) -> None:
+    """A sweep writes into a folder of its own (or an earlier sweep's, to resume it): refuse one that holds
+    anything else, before a job runs."""
+    if not folder.is_dir():
+        return
+    foreign = sorted(
+        p.name for p in folder.iterdir() if p.name not in SWEEP_FILES and not (p / ".hydra").is_dir()
+    )
+    if foreign:
+        fail(
+            f"hydra.sweep.dir={folder} already holds {foreign[:5]}, which no fer sweep wrote: a sweep writes "
+            "into a folder of its own and does not replace what is there. Choose a new hydra.sweep.dir (or "
+            "leave it at its default)."
+        )
 
 
 def failure_of(job_return: JobReturn) -> BaseException | None:
@@ -60,6 +81,7 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.folder = Path(str(config.hydra.sweep.dir))
+        check_sweep_folder(self.folder)
         self.jobs = []
         self.reported = False
         PENDING.append(self)
