@@ -109,3 +109,39 @@ def test_offline_pretrained_download_says_where_to_put_the_weights(tiny_data, tm
     assert_clean_error(
         result, "mobilenet_v3_small-047dcff4.pth", "model.weights_path", "model.pretrained=false"
     )
+
+
+def test_freezing_a_randomly_initialized_backbone_warns_once(tiny_data, outputs):
+    result = train_on(tiny_data, outputs, "freeze=backbone", "trainer.max_epochs=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.output.count("the frozen layers keep their random initial weights") == 1
+    assert "model.pretrained=true" in result.output
+
+
+def test_a_run_prints_none_of_lightnings_tips(tiny_data, outputs):
+    result = train_on(tiny_data, outputs, "debug=fdr")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "test/acc" in result.stdout
+    for tip in ("litlogger", "Tip:", "already configured with model summary"):
+        assert tip not in result.output, tip
+
+
+@pytest.mark.slow
+def test_importing_the_commands_changes_nothing_in_the_process():
+    """No import does work: resolvers, warning filters and the allocator are set up when a command starts."""
+    import subprocess
+    import sys
+
+    script = (
+        "import warnings, logging\n"
+        "import torch, torchvision, lightning, hydra, torchmetrics, onnx, matplotlib  # their own filters\n"
+        "before = list(warnings.filters)\n"
+        "import fer.train, fer.eval, fer.export, fer.report, fer.data.audit\n"
+        "from omegaconf import OmegaConf\n"
+        "assert not any(OmegaConf.has_resolver(n) for n in ('fer.run_dir', 'fer.job_name')), 'resolver'\n"
+        "assert warnings.filters == before, 'warning filters'\n"
+        "assert not logging.getLogger('lightning.pytorch.utilities.rank_zero').filters, 'log filters'\n"
+        "print('clean')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "clean", done.stderr[-2000:]

@@ -45,10 +45,10 @@ def extract_features(
     desc: str,
     show: bool,
 ) -> Tensor:
-    """``front``'s output ``(N, D)`` for every batch of images, on the CPU in float32."""
+    """``front``'s output, flattened to ``(N, D)``, for every batch of images, on the CPU in float32."""
     chunks: list[Tensor] = []
     for x, *_ in tqdm(batches, desc=desc, disable=not show, leave=False):
-        chunks.append(front(x.to(device).contiguous(memory_format=memory_format)).float().cpu())
+        chunks.append(front(x.to(device).contiguous(memory_format=memory_format)).flatten(1).float().cpu())
     return torch.cat(chunks)
 
 

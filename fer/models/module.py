@@ -185,11 +185,17 @@ class FERModule(LightningModule):
 
     def frozen_front(self) -> nn.Module:
         """The frozen front of the network under freeze=backbone|last_layer (eval mode, BatchNorm folded),
-        built once and dropped whenever the weights or the device change; its output is what
+        built once and dropped whenever the weights or the device change; its output, flattened, is what
         :meth:`classify_features` takes."""
         if self.__dict__.get("front") is None:
-            front = frozen_front(self.model, self.parts, self.policy)
-            self.__dict__["front"] = front.to(self.device, memory_format=self.memory_format)
+            front = frozen_front(self.model, self.parts, self.policy).to(
+                self.device, memory_format=self.memory_format
+            )
+            size = self.preprocessing.image_size
+            with torch.no_grad():  # what the trained part receives: (D,) for most heads, (C, 1, 1) for some
+                probe = front(torch.zeros(1, 3, size, size, device=self.device))
+            self.__dict__["front"] = front
+            self.__dict__["feature_shape"] = tuple(probe.shape[1:])
         return self.__dict__["front"]
 
     def trained_head(self) -> nn.Module:
@@ -215,8 +221,9 @@ class FERModule(LightningModule):
         return model(x)
 
     def classify_features(self, features: Tensor) -> Tensor:
-        """Logits for features of the frozen front ``(B, D)`` (``data.feature_cache``)."""
-        return self.trained_head()(features)
+        """Logits for flattened features of the frozen front ``(B, D)`` (``data.feature_cache``)."""
+        self.frozen_front()
+        return self.trained_head()(features.view(len(features), *self.__dict__["feature_shape"]))
 
     @property
     def backbone(self) -> nn.Module:
