@@ -106,21 +106,24 @@ def _environment(values: dict[str, str]):
                 os.environ[key] = value
 
 
-def fer_main(module: str, *args: str, outputs: Path, env: dict | None = None) -> Result:
+def fer_main(
+    module: str, *args: str, outputs: Path, env: dict | None = None, cwd: Path | None = None
+) -> Result:
     """``python -m <module> <args>`` run in this process through the module's real ``main()`` (Hydra's own
     main for fer.train and fer.eval, argparse for the tools): the same config, the same code, no interpreter
-    start-up. Outputs go to ``outputs``."""
+    start-up. Outputs go to ``outputs``; the command runs in ``cwd`` (default: ``outputs``)."""
     import importlib
 
-    entry = importlib.import_module(module).main
+    imported = importlib.import_module(module)
+    entry = imported.main if hasattr(imported, "main") else importlib.import_module(f"{module}.__main__").main
     outputs.mkdir(parents=True, exist_ok=True)
     stdout, stderr = io.StringIO(), io.StringIO()
     argv = sys.argv
-    cwd = Path.cwd()
+    previous = Path.cwd()
     code = 0
     with _environment({"FER_OUTPUT_DIR": str(outputs), **(env or {})}):
         sys.argv = [module, *args]
-        os.chdir(outputs)
+        os.chdir(cwd or outputs)
         try:
             with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
                 try:
@@ -132,7 +135,7 @@ def fer_main(module: str, *args: str, outputs: Path, env: dict | None = None) ->
                     code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
         finally:
             sys.argv = argv
-            os.chdir(cwd)
+            os.chdir(previous)
             _close_run_log_handlers()
     return Result(code, stdout.getvalue(), stderr.getvalue())
 
