@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import fnmatch
+import json
 import math
 import re
 import statistics
@@ -387,11 +388,40 @@ def render(sweep: Sweep, metrics: list[str], keys: list[str] | None) -> str:
             "",
             markdown_table(*group_rows(groups, keys, metrics)),
         ]
+    parts += ["", provenance(sweep.jobs)]
     if failed:
         parts += ["", "Failed jobs (left out of every mean):"]
         unknown = "no metrics.json and no finished TensorBoard log"
         parts += [f"- job {short_job_name(job, sweep.swept)}: {job.error or unknown}" for job in failed]
     return "\n".join(parts) + "\n"
+
+
+def provenance(jobs: list[Job]) -> str:
+    """When, with which code and on what the runs were made, from their run records (``run_info.json``)."""
+    records = [
+        r for job in jobs if isinstance(r := _read_json(job.folder / ".hydra" / "run_info.json"), dict)
+    ]
+    if not records:
+        return "Runs: no run record (.hydra/run_info.json)."
+    days = sorted({str(r.get("started", ""))[:10] for r in records if r.get("started")})
+    commits = sorted({
+        f"{r['git']['commit'][:7]}{' with uncommitted changes' if r['git'].get('dirty') else ''}"
+        for r in records if (r.get("git") or {}).get("commit")
+    })  # fmt: skip
+    packages, machine = records[0].get("packages") or {}, records[0].get("machine") or {}
+    when = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}" if days else "unknown dates"
+    return (
+        f"Runs: {len(records)}, started {when}; code git {', '.join(commits) or 'unknown (not a checkout)'}; "
+        f"torch {packages.get('torch')}, lightning {packages.get('lightning')}; {machine.get('cpu_threads')} CPU "
+        f"threads, GPU {', '.join(machine.get('gpus') or []) or 'none'}."
+    )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -8,6 +8,7 @@ names, preprocessing and class counts) -> Lightning ``Trainer`` -> run folder.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,9 @@ def training_callbacks(cfg: DictConfig) -> list[L.Callback]:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit (resuming from ``ckpt_path`` if given) and test the best checkpoint; returns the final metrics."""
+    """Fit (resuming from ``ckpt_path`` if given) and test the best checkpoint; returns the final metrics
+    (``run/seconds``: this start's wall time, data preparation, training and test included)."""
+    start = time.perf_counter()
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     ckpt_path = check_checkpoint_path(cfg.get("ckpt_path"))
@@ -132,6 +135,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         )
         metrics.update(scalar_metrics(trainer.callback_metrics))
 
+    metrics["run/seconds"] = time.perf_counter() - start
     log_hparams_with_metrics(trainer, run_hparams(cfg), HPARAM_METRICS)
     notes = {"run folder": cfg.paths.output_dir}
     if best:

@@ -248,6 +248,9 @@ def test_report_of_a_real_grid_sweep_with_failed_jobs(tiny_data, outputs, capsys
     ]
     assert groups[2][3:] == ["–", "–", "–"]
     assert "- job 2: freeze.trainable_blocks=99 is out of range" in out
+    record = json.loads((sweep / "0_freeze=none,seed=1" / ".hydra" / "run_info.json").read_text())
+    started, commit = record["started"][:10], (record["git"]["commit"] or "")[:7]
+    assert f"Runs: 4, started {started}; code git {commit}" in out
 
 
 @pytest.mark.slow
