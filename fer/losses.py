@@ -25,7 +25,21 @@ def log_softmax(logits: Tensor, dim: int = 1) -> Tensor:
     return shifted - shifted.exp().sum(dim=dim, keepdim=True).log()
 
 
-class CrossEntropyLoss(nn.Module):
+class _ClassLoss(nn.Module):
+    """What fer's losses share: per-class weights, a reduction, a target label to ignore."""
+
+    def __init__(self, weight: Tensor | Sequence[float] | None, reduction: str, ignore_index: int) -> None:
+        super().__init__()
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        self.reduction = reduction
+        self.ignore_index = ignore_index
+        weight_tensor = None if weight is None else torch.as_tensor(weight, dtype=torch.float32)
+        # Not persistent: the weights are part of the model's hyper-parameters, not its learned state.
+        self.register_buffer("weight", weight_tensor, persistent=False)
+
+
+class CrossEntropyLoss(_ClassLoss):
     """Cross entropy over class logits ``(N, C)`` and integer targets ``(N,)`` or class probabilities
     ``(N, C)`` (soft targets, e.g. a distribution of annotators' votes).
 
@@ -45,17 +59,10 @@ class CrossEntropyLoss(nn.Module):
         reduction: str = "mean",
         ignore_index: int = -100,
     ) -> None:
-        super().__init__()
+        super().__init__(weight, reduction, ignore_index)
         if not 0.0 <= label_smoothing <= 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.label_smoothing = float(label_smoothing)
-        self.reduction = reduction
-        self.ignore_index = ignore_index
-        weight_tensor = None if weight is None else torch.as_tensor(weight, dtype=torch.float32)
-        # Not persistent: the weights are part of the model's hyper-parameters, not its learned state.
-        self.register_buffer("weight", weight_tensor, persistent=False)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         if logits.ndim != 2:
@@ -111,7 +118,7 @@ class CrossEntropyLoss(nn.Module):
         return f"{weighted}, label_smoothing={self.label_smoothing}, reduction={self.reduction!r}"
 
 
-class FocalLoss(nn.Module):
+class FocalLoss(_ClassLoss):
     """Focal loss (Lin et al., 2017) over class logits: cross entropy scaled by ``(1 - p_y) ** gamma``, so
     that the well-classified majority counts less than the hard examples. ``gamma=0`` is cross entropy.
 
@@ -126,16 +133,10 @@ class FocalLoss(nn.Module):
         reduction: str = "mean",
         ignore_index: int = -100,
     ) -> None:
-        super().__init__()
+        super().__init__(weight, reduction, ignore_index)
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.gamma = float(gamma)
-        self.reduction = reduction
-        self.ignore_index = ignore_index
-        weight_tensor = None if weight is None else torch.as_tensor(weight, dtype=torch.float32)
-        self.register_buffer("weight", weight_tensor, persistent=False)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         log_probs = log_softmax(logits, dim=1)

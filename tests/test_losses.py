@@ -86,3 +86,34 @@ def test_loss_rejects_bad_arguments():
 def test_balanced_class_weights_are_inverse_frequency():
     weights = balanced_class_weights([10, 30, 60, 0])
     assert weights == pytest.approx([100 / 40, 100 / 120, 100 / 240, 0.0])
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_probability_targets_match_torch(smoothing, weighted, reduction):
+    torch.manual_seed(0)
+    logits = torch.randn(6, 5, dtype=torch.float64) * 4
+    target = torch.softmax(torch.randn(6, 5, dtype=torch.float64), dim=1)  # e.g. a vote distribution
+    weight = torch.rand(5, dtype=torch.float64) + 0.5 if weighted else None
+    ours = CrossEntropyLoss(weight=weight, label_smoothing=smoothing, reduction=reduction)(logits, target)
+    theirs = torch.nn.functional.cross_entropy(
+        logits, target, weight=weight, label_smoothing=smoothing, reduction=reduction
+    )
+    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)
+
+
+def test_focal_loss_is_cross_entropy_at_gamma_zero_and_discounts_easy_samples():
+    from fer.losses import FocalLoss
+
+    torch.manual_seed(0)
+    logits, target = torch.randn(8, 7, dtype=torch.float64), torch.randint(0, 7, (8,))
+    weight = torch.rand(7, dtype=torch.float64) + 0.5
+    torch.testing.assert_close(
+        FocalLoss(gamma=0.0, weight=weight)(logits, target),
+        torch.nn.functional.cross_entropy(logits, target, weight=weight),
+    )
+    # one sample: p_true = 0.9 -> (1 - 0.9)^2 * -log(0.9)
+    easy = torch.log(torch.tensor([[0.9, 0.1]], dtype=torch.float64))
+    value = FocalLoss(gamma=2.0)(easy, torch.tensor([0]))
+    torch.testing.assert_close(value, torch.tensor(0.01 * -torch.log(torch.tensor(0.9, dtype=torch.float64))))
