@@ -28,16 +28,20 @@ from fer.run.cli import hydra_command, user_errors
 from fer.run.config import CONFIG_DIR, flatten, plain, register_resolvers
 from fer.run.process import prepare_process
 from fer.run.record import record_run
-from fer.run.resume import compose_resumed, resumed_run
+from fer.run.resume import FINISHED, compose_resumed, earlier_sweep_start, resume_folder, resumed_run
 from fer.run.trainer import (
     build_trainer,
     log_hparams_with_metrics,
     print_metrics_table,
+    read_metrics_file,
     scalar_metrics,
     write_metrics_file,
 )
 
 log = logging.getLogger("fer.train")
+# a sweep job in another process (a joblib worker, a submitit job) imports this module when it unpickles the
+# task, before Hydra names the job's folder with fer's resolvers
+register_resolvers()
 
 HPARAM_METRICS = ["val/acc_best", "test/acc", "test/f1_macro"]
 HPARAM_SECTIONS = ("model", "freeze", "loss", "optimizer", "scheduler")
@@ -170,6 +174,12 @@ def run(cfg: DictConfig) -> float | None:
     with user_errors():
         prepare_process()
         resumed = resumed_run(cfg.get("resume"), cfg.get("ckpt_path"))
+        earlier = earlier_sweep_start() if resumed is None else None
+        if earlier is not None and earlier[0] == FINISHED:
+            log.info("%s finished in an earlier start of this sweep: not run again.", earlier[1])
+            return metric_for_sweeper(read_metrics_file(earlier[1]), cfg.get("optimized_metric"))
+        if earlier is not None:  # cut short in an earlier start of this sweep: continue from its last.ckpt
+            resumed = resume_folder(earlier[1])
         overrides = None
         if resumed is not None:
             cfg, overrides = compose_resumed(resumed)

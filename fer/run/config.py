@@ -53,8 +53,14 @@ def sweep_job_name() -> str:
     """``<job number>_<key=value,...>`` for the keys this sweep varies (grid or Optuna), e.g. ``3_freeze=none``."""
     from hydra.core.hydra_config import HydraConfig
 
+    from fer.run.sweep import read_sweep_record
+
     hydra_cfg = HydraConfig.get()
-    varied = swept_keys(sys.argv[1:]) | set((hydra_cfg.sweeper.get("params") or {}).keys())
+    # the keys the sweep's command line varies, as its launching process recorded them (a job may run in
+    # another process or on another machine, whose command line is not the sweep's)
+    record = read_sweep_record(Path(str(hydra_cfg.sweep.dir)))
+    varied = set(record["varied"]) if record else swept_keys(sys.argv[1:])
+    varied |= set((hydra_cfg.sweeper.get("params") or {}).keys())
     parts = [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") in varied]
     name = ",".join(parts).replace("/", "_").replace(" ", "")
     return f"{hydra_cfg.job.num}_{name}"[:200] if name else str(hydra_cfg.job.num)

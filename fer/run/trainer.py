@@ -142,6 +142,11 @@ def write_metrics_file(run_dir: Path, metrics: Mapping[str, float], best_checkpo
     )
 
 
+def read_metrics_file(run_dir: Path) -> dict[str, float]:
+    """The final metrics a finished run wrote."""
+    return json.loads((run_dir / METRICS_FILE).read_text())["metrics"]
+
+
 @rank_zero_only
 def print_metrics_table(
     title: str, metrics: Mapping[str, float], notes: Mapping[str, str] | None = None
