@@ -14,6 +14,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -108,6 +109,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     start = time.perf_counter()
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    log.info("CPU threads: %d", torch.get_num_threads())  # jobs side by side divide the cores among them
     ckpt_path = check_checkpoint_path(cfg.get("ckpt_path"))
     checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None  # weights_only=True
     resuming = bool(cfg.get("resume"))
@@ -123,6 +125,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg, training_callbacks(cfg), resume_step=resume_step, plugins=[AtomicCheckpointIO()]
     )
 
+    log.info("World size %d (this process: rank %d)", trainer.world_size, trainer.global_rank)
     if cfg.get("train"):
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = scalar_metrics(trainer.callback_metrics)

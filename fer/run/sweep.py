@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from fer.errors import user_message
 from fer.files import atomic_write_text
 from fer.run.cli import fail
+from fer.run.launch import check_launcher_installed
 
 log = logging.getLogger("fer.sweep")
 
@@ -152,6 +153,7 @@ class SweepSummary(Callback):
         self.reported = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_launcher_installed(config.hydra.launcher.get("_target_"))
         self.folder = Path(str(config.hydra.sweep.dir))
         overrides = [str(o) for o in config.hydra.overrides.task]
         check_sweep_folder(self.folder, overrides)

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from fer.errors import FERError
 from fer.files import atomic_write_text
+from fer.run.launch import check_slurm_allocation
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ def build_trainer(
     interrupted run logged after it (``purge_step``), so the resumed curves carry no doubled steps.
     """
     check_accelerator(cfg.trainer)
+    check_slurm_allocation(cfg.trainer)
     callbacks = instantiate_all(cfg.get("callbacks"), "callback") + list(extra_callbacks or [])
     if cfg.trainer.get("enable_progress_bar") is False:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -99,13 +101,40 @@ def build_trainer(
     purge = {"TensorBoardLogger": {"purge_step": resume_step}} if resume_step else None
     loggers = instantiate_all(cfg.get("logger"), "logger", purge)
     extra: dict[str, Any] = {}
-    if plugins and not cfg.trainer.get("plugins"):
-        extra["plugins"] = plugins
+    if plugins:
+        extra["plugins"] = [instantiate(p) for p in cfg.trainer.get("plugins") or []] + list(plugins)
     if cfg.trainer.get("deterministic") and cfg.trainer.get("benchmark"):
         # cuDNN's benchmark mode picks algorithms by timing them, which deterministic mode must not do
         log.info("trainer.deterministic: cuDNN benchmark mode off")
         extra["benchmark"] = False
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, **extra)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, **extra)
+    check_launches_no_sweep(trainer)
+    return trainer
+
+
+def check_launches_no_sweep(trainer: Trainer) -> None:
+    """Lightning starts the other ranks of a local multi-device run by running the command line again: in a
+    sweep job that would run the whole sweep again inside the job. Sweep multi-device runs on SLURM, whose
+    tasks are the ranks."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    starts_ranks = (
+        isinstance(launcher, _SubprocessScriptLauncher)
+        and launcher.num_processes > 1
+        and not launcher.cluster_environment.creates_processes_externally
+    )
+    if in_sweep and starts_ranks:
+        raise FERError(
+            f"trainer.devices={trainer.num_devices} with strategy={type(trainer.strategy).__name__} in a job of "
+            "a sweep: Lightning would start the other ranks by running this command line again, i.e. the whole "
+            "sweep inside this job. Sweep multi-device runs on SLURM (-m hydra/launcher=slurm trainer=slurm, "
+            "where the SLURM tasks are the ranks), or sweep one device per job (hydra/launcher=parallel runs "
+            "jobs side by side)."
+        )
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
