@@ -131,7 +131,7 @@ def release_requeued(job_id: str, timeout: float = 60) -> None:
     pytest.fail(f"SLURM job {job_id} was not pending again {timeout} s after its requeue")
 
 
-def test_requeued_job_continues_from_its_last_checkpoint_to_the_same_result(tiny_data, outputs, grid):
+def test_job_requeued_at_its_time_limit_signal_continues_from_its_last_checkpoint_to_the_same_result(tiny_data, outputs, grid):
     process = start_sweep(outputs, *SLURM, *tiny_args(tiny_data, "trainer=slurm_sim", *RUN, "seed=1"))
     deadline = time.monotonic() + TIMEOUT
     requeued = None
@@ -139,7 +139,13 @@ def test_requeued_job_continues_from_its_last_checkpoint_to_the_same_result(tiny
         found = list((outputs / "train" / "multiruns").glob("*/0/checkpoints/last.ckpt"))
         if found and last_step(found[0]) >= 3:
             (job_id,) = [p.name for p in found[0].parents[2].glob(".submitit/*") if p.name.isdigit()]
-            scontrol("requeue", job_id)
+            # the signal SLURM sends before a job's time limit: submitit's handler (the one owner of the
+            # requeue; Lightning's is off) requeues the job, which runs the same sweep job again
+            check(
+                subprocess.run(
+                    ["scancel", "--signal=USR2", job_id], capture_output=True, text=True, timeout=30
+                )
+            )
             release_requeued(job_id)
             requeued = job_id
         time.sleep(0.1)
