@@ -131,7 +131,9 @@ def release_requeued(job_id: str, timeout: float = 60) -> None:
     pytest.fail(f"SLURM job {job_id} was not pending again {timeout} s after its requeue")
 
 
-def test_job_requeued_at_its_time_limit_signal_continues_from_its_last_checkpoint_to_the_same_result(tiny_data, outputs, grid):
+def test_job_requeued_at_its_time_limit_signal_continues_from_its_last_checkpoint_to_the_same_result(
+    tiny_data, outputs, grid
+):
     process = start_sweep(outputs, *SLURM, *tiny_args(tiny_data, "trainer=slurm_sim", *RUN, "seed=1"))
     deadline = time.monotonic() + TIMEOUT
     requeued = None
