@@ -32,6 +32,7 @@ from fer.run.record import record_run
 from fer.run.resume import FINISHED, compose_resumed, earlier_sweep_start, resume_folder, resumed_run
 from fer.run.trainer import (
     build_trainer,
+    finish_loggers,
     log_hparams_with_metrics,
     print_metrics_table,
     read_metrics_file,
@@ -144,6 +145,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     metrics["run/seconds"] = time.perf_counter() - start
     log_hparams_with_metrics(trainer, run_hparams(cfg), HPARAM_METRICS)
+    finish_loggers(trainer)
     notes = {"run folder": cfg.paths.output_dir}
     if best:
         notes["best checkpoint"] = best

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,10 @@ from fer.errors import FERError
 from fer.run.launch import check_slurm_allocation
 from fer.workers import available_cores
 
+needs_joblib = pytest.mark.skipif(
+    find_spec("hydra_plugins.hydra_joblib_launcher") is None,
+    reason="needs hydra-joblib-launcher: pip install 'fer[launchers]'",
+)
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 
 
@@ -53,6 +58,7 @@ def job_folders(sweep: Path) -> list[Path]:
     return sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
 
 
+@needs_joblib
 def test_parallel_jobs_run_at_once_each_in_its_folder_with_its_share_of_the_cores(
     tiny_data, outputs, fresh_workers
 ):
@@ -78,6 +84,7 @@ def test_parallel_jobs_run_at_once_each_in_its_folder_with_its_share_of_the_core
     ]
 
 
+@needs_joblib
 def test_optuna_trials_two_at_a_time_in_shared_sqlite_storage(tiny_data, outputs, fresh_workers):
     database = outputs / "fer.db"
     args = tiny_args(tiny_data, "trainer.max_epochs=1")

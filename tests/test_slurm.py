@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,10 @@ from conftest import check, tiny_args
 pytestmark = [
     pytest.mark.slurm,
     pytest.mark.skipif(shutil.which("sbatch") is None, reason="needs a SLURM cluster (sbatch): .ci/slurm-up"),
+    pytest.mark.skipif(
+        find_spec("hydra_plugins.hydra_submitit_launcher") is None,
+        reason="needs hydra-submitit-launcher: pip install 'fer[launchers]'",
+    ),
 ]
 
 TIMEOUT = 400  # seconds for one sweep, queueing included

@@ -20,7 +20,8 @@ def register_resolvers() -> None:
     """``${fer.project_root:}``: the folder holding ``conf/``, so paths do not depend on the working directory;
     ``${fer.job_name:}``: a sweep job's folder name, from the values of the keys the sweep varies;
     ``${fer.run_dir:...}`` and ``${fer.config_subdir:...}``: where a run (or a resumed run) writes;
-    ``${fer.slurm_tasks:...}``, ``${fer.slurm_gpus:...}``, ``${fer.parallel_jobs:}``: the launchers' sizes."""
+    ``${fer.slurm_tasks:...}``, ``${fer.slurm_gpus:...}``, ``${fer.parallel_jobs:}``: the launchers' sizes;
+    ``${fer.mlflow_uri:...}``, ``${fer.mlflow_artifacts:...}``, ``${fer.run_name:...}``: the trackers' stores."""
     if not OmegaConf.has_resolver("fer.project_root"):
         OmegaConf.register_new_resolver("fer.project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("fer.job_name"):
@@ -36,6 +37,12 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("fer.slurm_tasks", launch.tasks_per_node)
         OmegaConf.register_new_resolver("fer.slurm_gpus", launch.gpus_per_node)
         OmegaConf.register_new_resolver("fer.parallel_jobs", launch.parallel_jobs)
+    if not OmegaConf.has_resolver("fer.mlflow_uri"):
+        from fer.run import tracking
+
+        OmegaConf.register_new_resolver("fer.mlflow_uri", tracking.mlflow_tracking_uri)
+        OmegaConf.register_new_resolver("fer.mlflow_artifacts", tracking.mlflow_artifact_location)
+        OmegaConf.register_new_resolver("fer.run_name", lambda folder: Path(str(folder)).name)
     if not OmegaConf.has_resolver("fer.optuna_storage"):
         from fer.run import sweep
 

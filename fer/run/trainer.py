@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from fer.errors import FERError
 from fer.files import atomic_write_text
 from fer.run.launch import check_slurm_allocation
+from fer.run.tracking import check_logger_packages
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ def build_trainer(
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     check_checkpoint_folders(callbacks, resuming=resume_step is not None)
     purge = {"TensorBoardLogger": {"purge_step": resume_step}} if resume_step else None
+    check_logger_packages(cfg.get("logger"))
     loggers = instantiate_all(cfg.get("logger"), "logger", purge)
     extra: dict[str, Any] = {}
     if plugins:
@@ -157,10 +159,21 @@ def log_hparams_with_metrics(trainer: Trainer, params: Mapping[str, Any], metric
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(dict(params), metrics=metrics or None)
         else:
-            logger.log_hyperparams(dict(params))
+            # None as itself (TensorBoard's "null"): these loggers already hold the module's own
+            # hyper-parameters, None among them, and MLflow refuses to change a logged value
+            logger.log_hyperparams({k: None if v == "null" else v for k, v in params.items()})
             if metrics:
                 logger.log_metrics(metrics, step=trainer.global_step)
         logger.save()
+
+
+@rank_zero_only
+def finish_loggers(trainer: Trainer) -> None:
+    """End each tracker's run with the job: a W&B run stays open in its process until finished, and the next
+    job of a sweep in the same process would log into it."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger" and getattr(logger, "_experiment", None) is not None:
+            logger.experiment.finish()
 
 
 def write_metrics_file(run_dir: Path, metrics: Mapping[str, float], best_checkpoint: str | None) -> Path:
