@@ -205,3 +205,16 @@ def test_slurm_trainer_outside_slurm_is_one_clear_error(tiny_data, outputs, monk
         monkeypatch.delenv(key)
     result = fer_main("fer.train", *tiny_args(tiny_data, "trainer=slurm_sim"), outputs=outputs)
     assert_clean_error(result, "not a task of a SLURM job", "hydra/launcher=slurm")
+
+
+def test_launcher_whose_plugin_is_missing_names_the_extra(monkeypatch, capsys):
+    from fer.run import launch
+
+    monkeypatch.setattr(launch, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit) as stopped:
+        launch.check_launcher_installed("hydra_plugins.fer_launchers._slurm_launcher.SlurmLauncher")
+    assert stopped.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        "fer: error: hydra/launcher=slurm needs the hydra-submitit-launcher package: pip install 'fer[launchers]'."
+    )

@@ -1,7 +1,8 @@
 """``python -m fer.bench.sweeps``: the same tiny sweep jobs through each launcher, timed as a user runs them.
 
-Each row runs ``python -m fer.train -m seed=1,...,N`` (one epoch on a generated 48 px data set, 32 px input,
-CPU) through one launcher: Hydra's basic launcher (one job after another in one process), ``parallel``
+Each row runs ``python -m fer.train -m seed=1,...,N`` (by default one epoch on a generated 48 px data set at
+32 px, CPU: jobs so small that the launchers' own cost shows; ``--epochs``/``--image-size`` make them
+longer) through one launcher: Hydra's basic launcher (one job after another in one process), ``parallel``
 (joblib's loky processes), submitit's local executor (one process per job), and ``slurm`` through the
 SLURM cluster that ``sbatch`` reaches (where there is one). It prints a markdown table:
 
@@ -34,9 +35,8 @@ from fer.run.cli import command
 from fer.workers import available_cores
 
 TINY_JOB = [
-    "data=mmafedb", "data.image_size=32", "data.batch_size=16", "data.eval_batch_size=64", "data.num_workers=0",
-    "model.pretrained=false", "+trainer.enable_progress_bar=false", "trainer=cpu", "trainer.max_epochs=1",
-    "logger=tensorboard",
+    "data=mmafedb", "data.batch_size=16", "data.eval_batch_size=64", "data.num_workers=0",
+    "model.pretrained=false", "+trainer.enable_progress_bar=false", "trainer=cpu", "logger=tensorboard",
 ]  # fmt: skip
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 
@@ -69,10 +69,12 @@ def job_span(job: Path) -> float:
     return (times[-1] - times[0]).total_seconds()
 
 
-def run_sweep(launcher: Launcher, data: Path, outputs: Path, jobs: int) -> dict[str, float]:
+def run_sweep(
+    launcher: Launcher, data: Path, outputs: Path, jobs: int, job_args: list[str]
+) -> dict[str, float]:
     """Run the sweep through ``launcher``; its wall time and its jobs' spans."""
     seeds = ",".join(str(seed) for seed in range(1, jobs + 1))
-    args = [*launcher.overrides, *TINY_JOB, f"data.data_dir={data}", f"seed={seeds}"]
+    args = [*launcher.overrides, *TINY_JOB, *job_args, f"data.data_dir={data}", f"seed={seeds}"]
     env = {**os.environ, "FER_OUTPUT_DIR": str(outputs), "PYTHONWARNINGS": "ignore"}
     start = time.perf_counter()
     result = subprocess.run(
@@ -89,10 +91,10 @@ def run_sweep(launcher: Launcher, data: Path, outputs: Path, jobs: int) -> dict[
     return {"wall": wall, "job": sum(spans) / jobs, "overhead": (launcher.at_once * wall - sum(spans)) / jobs}
 
 
-def table(rows: list[tuple[Launcher, dict[str, float]]], jobs: int, load: float) -> str:
+def table(rows: list[tuple[Launcher, dict[str, float]]], jobs: int, job: str, load: float) -> str:
     basic = next((result["wall"] for launcher, result in rows if launcher.name == "basic"), None)
     lines = [
-        f"{jobs} tiny jobs (1 epoch, 32 px, CPU) on {available_cores()} cores; load average before: "
+        f"{jobs} jobs ({job}, CPU) on {available_cores()} cores; load average before: "
         f"{load:.1f} (other processes slow every row; rerun on a quiet machine for the README)",
         "",
         "| launcher | wall s | job s | at once | overhead/job s | ratio |",
@@ -112,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fer.bench.sweeps", description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=4, help="jobs in the sweep (default 4)")
     parser.add_argument("--launchers", help="comma-separated row names (default: every one available)")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs per job (default 1: a tiny job)")
+    parser.add_argument("--image-size", type=int, default=32, help="input size in pixels (default 32)")
     parser.add_argument("--json", type=Path, help="also write the numbers to this new file")
     args = parser.parse_args(argv)
     chosen = launchers(args.jobs)
@@ -120,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         chosen = [launcher for launcher in chosen if launcher.name.split(" ")[0] in names]
     if args.json is not None and args.json.exists():
         parser.error(f"--json {args.json} already exists")
+    job_args = [f"trainer.max_epochs={args.epochs}", f"data.image_size={args.image_size}"]
     rows = []
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="fer-bench-sweeps-") as scratch:
@@ -129,8 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             outputs = Path(scratch) / launcher.name.split(" ")[0]
             outputs.mkdir()
             print(f"running {args.jobs} jobs through {launcher.name} ...", file=sys.stderr, flush=True)
-            rows.append((launcher, run_sweep(launcher, data, outputs, args.jobs)))
-    print(table(rows, args.jobs, load), flush=True)
+            rows.append((launcher, run_sweep(launcher, data, outputs, args.jobs, job_args)))
+    print(table(rows, args.jobs, f"{args.epochs} epoch(s) at {args.image_size} px", load), flush=True)
     if args.json is not None:
         args.json.write_text(
             json.dumps({launcher.name: result for launcher, result in rows}, indent=2) + "\n"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from importlib.util import find_spec
 from typing import Any
 
 from fer.errors import FERError
@@ -37,8 +38,6 @@ LAUNCHER_PLUGINS = {
 def check_launcher_installed(target: object) -> None:
     """A sweep through one of fer's launchers needs its engine's Hydra plugin: say which to install, before
     the sweep starts (Hydra itself would only say that it knows no such plugin class)."""
-    from importlib.util import find_spec
-
     from fer.run.cli import fail
 
     if str(target) in LAUNCHER_PLUGINS:
