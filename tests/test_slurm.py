@@ -168,4 +168,5 @@ def test_job_requeued_at_its_time_limit_signal_continues_from_its_last_checkpoin
     got = metrics(job)
     assert set(got) == set(expected)
     for name, value in expected.items():
-        assert got[name] == pytest.approx(value, abs=1e-6), name
+        if name != "run/seconds":  # a wall time
+            assert got[name] == pytest.approx(value, abs=1e-6), name
