@@ -14,6 +14,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -28,16 +29,21 @@ from fer.run.cli import hydra_command, user_errors
 from fer.run.config import CONFIG_DIR, flatten, plain, register_resolvers
 from fer.run.process import prepare_process
 from fer.run.record import record_run
-from fer.run.resume import compose_resumed, resumed_run
+from fer.run.resume import FINISHED, compose_resumed, earlier_sweep_start, resume_folder, resumed_run
 from fer.run.trainer import (
     build_trainer,
+    finish_loggers,
     log_hparams_with_metrics,
     print_metrics_table,
+    read_metrics_file,
     scalar_metrics,
     write_metrics_file,
 )
 
 log = logging.getLogger("fer.train")
+# a sweep job in another process (a joblib worker, a submitit job) imports this module when it unpickles the
+# task, before Hydra names the job's folder with fer's resolvers
+register_resolvers()
 
 HPARAM_METRICS = ["val/acc_best", "test/acc", "test/f1_macro"]
 HPARAM_SECTIONS = ("model", "freeze", "loss", "optimizer", "scheduler")
@@ -104,6 +110,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     start = time.perf_counter()
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    log.info("CPU threads: %d", torch.get_num_threads())  # jobs side by side divide the cores among them
     ckpt_path = check_checkpoint_path(cfg.get("ckpt_path"))
     checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None  # weights_only=True
     resuming = bool(cfg.get("resume"))
@@ -119,6 +126,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg, training_callbacks(cfg), resume_step=resume_step, plugins=[AtomicCheckpointIO()]
     )
 
+    log.info("World size %d (this process: rank %d)", trainer.world_size, trainer.global_rank)
     if cfg.get("train"):
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = scalar_metrics(trainer.callback_metrics)
@@ -137,6 +145,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     metrics["run/seconds"] = time.perf_counter() - start
     log_hparams_with_metrics(trainer, run_hparams(cfg), HPARAM_METRICS)
+    finish_loggers(trainer)
     notes = {"run folder": cfg.paths.output_dir}
     if best:
         notes["best checkpoint"] = best
@@ -170,6 +179,12 @@ def run(cfg: DictConfig) -> float | None:
     with user_errors():
         prepare_process()
         resumed = resumed_run(cfg.get("resume"), cfg.get("ckpt_path"))
+        earlier = earlier_sweep_start() if resumed is None else None
+        if earlier is not None and earlier[0] == FINISHED:
+            log.info("%s finished in an earlier start of this sweep: not run again.", earlier[1])
+            return metric_for_sweeper(read_metrics_file(earlier[1]), cfg.get("optimized_metric"))
+        if earlier is not None:  # cut short in an earlier start of this sweep: continue from its last.ckpt
+            resumed = resume_folder(earlier[1])
         overrides = None
         if resumed is not None:
             cfg, overrides = compose_resumed(resumed)

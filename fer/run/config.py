@@ -19,7 +19,9 @@ CONFIG_DIR = PROJECT_ROOT / "conf"
 def register_resolvers() -> None:
     """``${fer.project_root:}``: the folder holding ``conf/``, so paths do not depend on the working directory;
     ``${fer.job_name:}``: a sweep job's folder name, from the values of the keys the sweep varies;
-    ``${fer.run_dir:...}`` and ``${fer.config_subdir:...}``: where a run (or a resumed run) writes."""
+    ``${fer.run_dir:...}`` and ``${fer.config_subdir:...}``: where a run (or a resumed run) writes;
+    ``${fer.slurm_tasks:...}``, ``${fer.slurm_gpus:...}``, ``${fer.parallel_jobs:}``: the launchers' sizes;
+    ``${fer.mlflow_uri:...}``, ``${fer.mlflow_artifacts:...}``, ``${fer.run_name:...}``: the trackers' stores."""
     if not OmegaConf.has_resolver("fer.project_root"):
         OmegaConf.register_new_resolver("fer.project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("fer.job_name"):
@@ -29,6 +31,18 @@ def register_resolvers() -> None:
 
         OmegaConf.register_new_resolver("fer.run_dir", resume.run_dir, use_cache=True)
         OmegaConf.register_new_resolver("fer.config_subdir", resume.config_subdir, use_cache=True)
+    if not OmegaConf.has_resolver("fer.slurm_tasks"):
+        from fer.run import launch
+
+        OmegaConf.register_new_resolver("fer.slurm_tasks", launch.tasks_per_node)
+        OmegaConf.register_new_resolver("fer.slurm_gpus", launch.gpus_per_node)
+        OmegaConf.register_new_resolver("fer.parallel_jobs", launch.parallel_jobs)
+    if not OmegaConf.has_resolver("fer.mlflow_uri"):
+        from fer.run import tracking
+
+        OmegaConf.register_new_resolver("fer.mlflow_uri", tracking.mlflow_tracking_uri)
+        OmegaConf.register_new_resolver("fer.mlflow_artifacts", tracking.mlflow_artifact_location)
+        OmegaConf.register_new_resolver("fer.run_name", lambda folder: Path(str(folder)).name)
     if not OmegaConf.has_resolver("fer.optuna_storage"):
         from fer.run import sweep
 
@@ -49,15 +63,31 @@ def swept_keys(arguments: list[str]) -> set[str]:
     return {o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()}
 
 
+def job_folder_name(number: int, overrides: list[str], varied: set[str]) -> str:
+    """``<job number>_<key=value,...>`` of the overrides whose key the sweep varies."""
+    parts = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in varied]
+    name = ",".join(parts).replace("/", "_").replace(" ", "")
+    return f"{number}_{name}"[:200] if name else str(number)
+
+
+def sweep_varied_keys(hydra_cfg: Any) -> set[str]:
+    """The keys a sweep varies: its command line's, as the launching process recorded them (a job may run in
+    another process or on another machine, whose command line is not the sweep's), and the sweeper's."""
+    from fer.run.sweep import read_sweep_record
+
+    record = read_sweep_record(Path(str(hydra_cfg.sweep.dir)))
+    varied = set(record["varied"]) if record else swept_keys(sys.argv[1:])
+    return varied | set((hydra_cfg.sweeper.get("params") or {}).keys())
+
+
 def sweep_job_name() -> str:
-    """``<job number>_<key=value,...>`` for the keys this sweep varies (grid or Optuna), e.g. ``3_freeze=none``."""
+    """A sweep job's folder, named by what the sweep varies (grid or Optuna), e.g. ``3_freeze=none``."""
     from hydra.core.hydra_config import HydraConfig
 
     hydra_cfg = HydraConfig.get()
-    varied = swept_keys(sys.argv[1:]) | set((hydra_cfg.sweeper.get("params") or {}).keys())
-    parts = [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") in varied]
-    name = ",".join(parts).replace("/", "_").replace(" ", "")
-    return f"{hydra_cfg.job.num}_{name}"[:200] if name else str(hydra_cfg.job.num)
+    return job_folder_name(
+        int(hydra_cfg.job.num), list(hydra_cfg.overrides.task), sweep_varied_keys(hydra_cfg)
+    )
 
 
 def plain(value: Any) -> Any:

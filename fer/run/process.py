@@ -26,6 +26,10 @@ def quiet_known_warnings() -> None:
     """Silence library warnings and tips that say nothing about the user's run."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    # on a machine with SLURM's tools, every run outside a SLURM job (trainer=slurm is for inside one)
+    warnings.filterwarnings(
+        "ignore", message=r"The `srun` command is available on your system but is not used"
+    )
     # frozen parts of the network are kept in eval mode on purpose (fer.models.freeze.set_frozen_eval)
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
     drop = _DropMessages(QUIET_LIGHTNING_INFO)

@@ -111,9 +111,51 @@ def resumes(task: str, resume: object, ckpt_path: object) -> bool:
     return task in RESUMING_TASKS and (_given(resume) or run_folder_of(ckpt_path) is not None)
 
 
-def config_subdir(task: str, resume: object, ckpt_path: object, stamp: str) -> str:
-    """``hydra.output_subdir``: ``.hydra`` for a new run, ``.hydra/resume-<time>`` for each resume."""
-    return f"{CONFIG_SUBDIR}/resume-{stamp}" if resumes(task, resume, ckpt_path) else CONFIG_SUBDIR
+FINISHED, INTERRUPTED = "finished", "interrupted"
+
+
+def sweep_job_state(output_dir: object) -> str | None:
+    """What an earlier start of the same sweep left in a job's folder: ``finished`` (its ``metrics.json``),
+    ``interrupted`` (a ``checkpoints/last.ckpt`` to resume from), or None (nothing to continue)."""
+    if not _given(output_dir):
+        return None
+    folder = Path(str(output_dir))
+    if (folder / "metrics.json").is_file():
+        return FINISHED
+    if (folder / "checkpoints" / LAST_CHECKPOINT).is_file():
+        return INTERRUPTED
+    return None
+
+
+def config_subdir(
+    task: str, resume: object, ckpt_path: object, stamp: str, output_dir: object = None, mode: object = None
+) -> str | None:
+    """``hydra.output_subdir``: ``.hydra`` for a new run, ``.hydra/resume-<time>`` for each resume (also of a
+    sweep job cut short in an earlier start of its sweep), nothing for a sweep job that already finished."""
+    if resumes(task, resume, ckpt_path):
+        return f"{CONFIG_SUBDIR}/resume-{stamp}"
+    if task in RESUMING_TASKS and str(mode).endswith("MULTIRUN"):
+        state = sweep_job_state(output_dir)
+        if state == FINISHED:
+            return None
+        if state == INTERRUPTED:
+            return f"{CONFIG_SUBDIR}/resume-{stamp}"
+    return CONFIG_SUBDIR
+
+
+def earlier_sweep_start() -> tuple[str, Path] | None:
+    """In a sweep job: the state an earlier start of the same sweep left in this job's folder, if any."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN or not hydra_cfg.runtime.output_dir:
+        return None
+    folder = Path(str(hydra_cfg.runtime.output_dir))
+    state = sweep_job_state(folder)
+    return (state, folder) if state else None
 
 
 class RunFolderCheck(Callback):

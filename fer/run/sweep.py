@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from fer.errors import user_message
 from fer.files import atomic_write_text
 from fer.run.cli import fail
+from fer.run.launch import check_launcher_installed
 
 log = logging.getLogger("fer.sweep")
 
@@ -33,17 +34,29 @@ def _error_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {first}"[:240]
 
 
-# what a sweep folder of fer's holds besides its jobs' run folders
-SWEEP_FILES = frozenset({"multirun.yaml", "summary.json", "summary.md", "optimization_results.yaml"})
+# what a sweep folder of fer's holds besides its jobs' run folders: Hydra's and the Optuna sweeper's records,
+# fer's own (the sweep's command line; each job's outcome, in .job-<folder>.json) and submitit's job files
+SWEEP_RECORD = "sweep.json"
+JOB_RECORD = ".job-{}.json"
+SWEEP_FILES = frozenset(
+    {"multirun.yaml", "optimization_results.yaml", "summary.json", "summary.md", SWEEP_RECORD, ".submitit"}
+)
 
 
-def check_sweep_folder(folder: Path) -> None:
-    """A sweep writes into a folder of its own (or an earlier sweep's, to resume it): refuse one that holds
-    anything else, before a job runs."""
+def _is_job_record(name: str) -> bool:
+    prefix, suffix = JOB_RECORD.split("{}")
+    return name.startswith(prefix) and name.endswith(suffix)
+
+
+def check_sweep_folder(folder: Path, overrides: list[str] | None = None) -> None:
+    """A sweep writes into a folder of its own, or into an earlier sweep's to resume it with the same command
+    line (``overrides``): refuse one that holds anything else, or another command's sweep, before a job runs."""
     if not folder.is_dir():
         return
     foreign = sorted(
-        p.name for p in folder.iterdir() if p.name not in SWEEP_FILES and not (p / ".hydra").is_dir()
+        p.name
+        for p in folder.iterdir()
+        if p.name not in SWEEP_FILES and not _is_job_record(p.name) and not (p / ".hydra").is_dir()
     )
     if foreign:
         fail(
@@ -51,6 +64,30 @@ def check_sweep_folder(folder: Path) -> None:
             "into a folder of its own and does not replace what is there. Choose a new hydra.sweep.dir (or "
             "leave it at its default)."
         )
+    recorded = read_sweep_record(folder)
+    if overrides is not None and recorded is not None and sorted(recorded["overrides"]) != sorted(overrides):
+        fail(
+            f"hydra.sweep.dir={folder} holds the sweep of the overrides {recorded['overrides']}, not of "
+            f"{overrides}: a sweep resumes only with the command line that started it. Run that command again "
+            "to resume it, or choose a new hydra.sweep.dir for this one."
+        )
+
+
+def read_sweep_record(folder: Path) -> dict[str, Any] | None:
+    """What fer recorded of the sweep in ``folder``: its command-line overrides and the keys it varies."""
+    path = folder / SWEEP_RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_sweep_record(folder: Path, overrides: list[str], sweeper_params: list[str]) -> None:
+    """The sweep's command line and the keys it varies, read by every job (in whatever process or machine it
+    runs) to name its folder, and by a later start of the same command to resume the sweep."""
+    from fer.run.config import swept_keys
+
+    varied = sorted(swept_keys(overrides) | set(sweeper_params))
+    record = {"overrides": list(overrides), "varied": varied}
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / SWEEP_RECORD, json.dumps(record, indent=2) + "\n", "sweep record")
 
 
 def failure_of(job_return: JobReturn) -> BaseException | None:
@@ -60,6 +97,34 @@ def failure_of(job_return: JobReturn) -> BaseException | None:
     except Exception as raised:
         return raised
     return None
+
+
+def job_entry(job: int, folder: str, overrides: list[str], error: BaseException | None, value: Any) -> dict:
+    """One job's line of the summary: completed with the value it returned, or failed with its error."""
+    entry: dict[str, Any] = {"job": job, "folder": folder, "overrides": list(overrides)}
+    if error is None:
+        entry.update(status="completed", value=value if isinstance(value, int | float) else None)
+    else:
+        entry.update(status="failed", error=_error_line(error))
+    return entry
+
+
+def write_job_entry(sweep: Path, entry: dict[str, Any]) -> None:
+    """Record one job's outcome in ``<sweep>/.job-<its folder>.json`` (jobs running side by side, in other
+    processes or on other machines, never write the same file), then refresh ``summary.json``."""
+    name = JOB_RECORD.format(entry["folder"].replace("/", "_"))
+    atomic_write_text(sweep / name, json.dumps(entry, indent=2) + "\n", "job record")
+    write_summary_json(sweep)
+
+
+def job_entries(sweep: Path) -> list[dict[str, Any]]:
+    """Every job's recorded outcome, by job number."""
+    entries = [json.loads(p.read_text()) for p in sweep.glob(JOB_RECORD.format("*"))]
+    return sorted(entries, key=lambda entry: (entry["job"], entry["folder"]))
+
+
+def write_summary_json(sweep: Path) -> None:
+    atomic_write_text(sweep / "summary.json", json.dumps(job_entries(sweep), indent=2) + "\n", "summary")
 
 
 # summaries of sweeps still running in this process: a grid sweep with a failed job ends by raising that
@@ -73,57 +138,58 @@ def report_pending() -> None:
         PENDING.pop().report()
 
 
+def _is_rank_zero() -> bool:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return rank_zero_only.rank == 0
+
+
 class SweepSummary(Callback):
+    """Each job records its own outcome where it runs (this process, a joblib worker, a SLURM node); the
+    process that launched the sweep gathers them at the end."""
+
     def __init__(self) -> None:
         self.folder: Path | None = None
-        self.jobs: list[dict[str, Any]] = []
         self.reported = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_launcher_installed(config.hydra.launcher.get("_target_"))
         self.folder = Path(str(config.hydra.sweep.dir))
-        check_sweep_folder(self.folder)
-        self.jobs = []
+        overrides = [str(o) for o in config.hydra.overrides.task]
+        check_sweep_folder(self.folder, overrides)
+        params = [str(k) for k in (config.hydra.sweeper.get("params") or {})]
+        write_sweep_record(self.folder, overrides, params)
         self.reported = False
         PENDING.append(self)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if self.folder is None:
-            return  # a single run
+        if self.folder is None or not _is_rank_zero():
+            return  # a single run, or another rank of a multi-process job (rank 0 records it)
         output = Path(str(config.hydra.runtime.output_dir))
         root = self.folder.resolve()
-        entry: dict[str, Any] = {
-            "job": int(config.hydra.job.num),
-            "folder": str(output.relative_to(root)) if output.is_relative_to(root) else str(output),
-            "overrides": list(job_return.overrides or []),
-        }
-        if job_return.status == JobStatus.COMPLETED:
-            value = job_return.return_value
-            entry.update(status="completed", value=value if isinstance(value, int | float) else None)
-        else:
-            error = failure_of(job_return)
-            entry.update(status="failed", error=_error_line(error) if error is not None else "unknown")
+        folder = str(output.relative_to(root)) if output.is_relative_to(root) else str(output)
+        error = None if job_return.status == JobStatus.COMPLETED else failure_of(job_return)
+        if job_return.status != JobStatus.COMPLETED and error is None:
+            error = RuntimeError("unknown")
+        value = job_return.return_value if error is None else None
+        entry = job_entry(int(config.hydra.job.num), folder, list(job_return.overrides or []), error, value)
+        if error is not None:
             # a warning: the job's own log (still open here) keeps its ERROR line as the last one
             log.warning("Job %d (%s) failed: %s", entry["job"], entry["folder"], entry["error"])
-        self.jobs.append(entry)
-        self._write_json()
+        write_job_entry(self.folder, entry)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.report()
 
-    def _write_json(self) -> None:
-        if self.folder is not None and self.folder.is_dir():
-            atomic_write_text(self.folder / "summary.json", json.dumps(self.jobs, indent=2) + "\n", "summary")
-
-    def table(self) -> str:
-        failed = [job for job in self.jobs if job["status"] != "completed"]
+    def table(self, jobs: list[dict[str, Any]]) -> str:
+        failed = [job for job in jobs if job["status"] != "completed"]
         lines = [
-            f"Sweep {self.folder}: {len(self.jobs)} jobs, {len(self.jobs) - len(failed)} completed, "
-            f"{len(failed)} failed",
+            f"Sweep {self.folder}: {len(jobs)} jobs, {len(jobs) - len(failed)} completed, {len(failed)} failed",
             "",
             "| job | status | value | folder | error |",
             "|---:|---|---:|---|---|",
         ]
-        for job in self.jobs:
+        for job in jobs:
             value = job.get("value")
             shown = f"{value:.4f}" if isinstance(value, float) else ("" if value is None else str(value))
             error = job.get("error", "").replace("|", "/")
@@ -133,15 +199,16 @@ class SweepSummary(Callback):
     def report(self) -> None:
         if self in PENDING:
             PENDING.remove(self)
-        if self.reported or self.folder is None or not self.jobs:
+        if self.reported or self.folder is None or not self.folder.is_dir():
+            return
+        jobs = job_entries(self.folder)
+        if not jobs:
             return
         self.reported = True
-        text = self.table()
-        if self.folder.is_dir():
-            atomic_write_text(self.folder / "summary.md", text, "summary")
-        print(
-            "\n" + text, file=sys.stderr if any(j["status"] != "completed" for j in self.jobs) else sys.stdout
-        )
+        write_summary_json(self.folder)
+        text = self.table(jobs)
+        atomic_write_text(self.folder / "summary.md", text, "summary")
+        print("\n" + text, file=sys.stderr if any(j["status"] != "completed" for j in jobs) else sys.stdout)
         sys.stdout.flush()
 
 

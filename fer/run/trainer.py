@@ -17,6 +17,8 @@ from omegaconf import DictConfig
 
 from fer.errors import FERError
 from fer.files import atomic_write_text
+from fer.run.launch import check_slurm_allocation
+from fer.run.tracking import check_logger_packages
 
 log = logging.getLogger(__name__)
 
@@ -92,20 +94,49 @@ def build_trainer(
     interrupted run logged after it (``purge_step``), so the resumed curves carry no doubled steps.
     """
     check_accelerator(cfg.trainer)
+    check_slurm_allocation(cfg.trainer)
     callbacks = instantiate_all(cfg.get("callbacks"), "callback") + list(extra_callbacks or [])
     if cfg.trainer.get("enable_progress_bar") is False:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     check_checkpoint_folders(callbacks, resuming=resume_step is not None)
     purge = {"TensorBoardLogger": {"purge_step": resume_step}} if resume_step else None
+    check_logger_packages(cfg.get("logger"))
     loggers = instantiate_all(cfg.get("logger"), "logger", purge)
     extra: dict[str, Any] = {}
-    if plugins and not cfg.trainer.get("plugins"):
-        extra["plugins"] = plugins
+    if plugins:
+        extra["plugins"] = [instantiate(p) for p in cfg.trainer.get("plugins") or []] + list(plugins)
     if cfg.trainer.get("deterministic") and cfg.trainer.get("benchmark"):
         # cuDNN's benchmark mode picks algorithms by timing them, which deterministic mode must not do
         log.info("trainer.deterministic: cuDNN benchmark mode off")
         extra["benchmark"] = False
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, **extra)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, **extra)
+    check_launches_no_sweep(trainer)
+    return trainer
+
+
+def check_launches_no_sweep(trainer: Trainer) -> None:
+    """Lightning starts the other ranks of a local multi-device run by running the command line again: in a
+    sweep job that would run the whole sweep again inside the job. Sweep multi-device runs on SLURM, whose
+    tasks are the ranks."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    starts_ranks = (
+        isinstance(launcher, _SubprocessScriptLauncher)
+        and launcher.num_processes > 1
+        and not launcher.cluster_environment.creates_processes_externally
+    )
+    if in_sweep and starts_ranks:
+        raise FERError(
+            f"trainer.devices={trainer.num_devices} with strategy={type(trainer.strategy).__name__} in a job of "
+            "a sweep: Lightning would start the other ranks by running this command line again, i.e. the whole "
+            "sweep inside this job. Sweep multi-device runs on SLURM (-m hydra/launcher=slurm trainer=slurm, "
+            "where the SLURM tasks are the ranks), or sweep one device per job (hydra/launcher=parallel runs "
+            "jobs side by side)."
+        )
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -128,10 +159,21 @@ def log_hparams_with_metrics(trainer: Trainer, params: Mapping[str, Any], metric
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(dict(params), metrics=metrics or None)
         else:
-            logger.log_hyperparams(dict(params))
+            # None as itself (TensorBoard's "null"): these loggers already hold the module's own
+            # hyper-parameters, None among them, and MLflow refuses to change a logged value
+            logger.log_hyperparams({k: None if v == "null" else v for k, v in params.items()})
             if metrics:
                 logger.log_metrics(metrics, step=trainer.global_step)
         logger.save()
+
+
+@rank_zero_only
+def finish_loggers(trainer: Trainer) -> None:
+    """End each tracker's run with the job: a W&B run stays open in its process until finished, and the next
+    job of a sweep in the same process would log into it."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger" and getattr(logger, "_experiment", None) is not None:
+            logger.experiment.finish()
 
 
 def write_metrics_file(run_dir: Path, metrics: Mapping[str, float], best_checkpoint: str | None) -> Path:
@@ -140,6 +182,11 @@ def write_metrics_file(run_dir: Path, metrics: Mapping[str, float], best_checkpo
     return atomic_write_text(
         run_dir / METRICS_FILE, json.dumps(payload, indent=2, sort_keys=True) + "\n", "metrics"
     )
+
+
+def read_metrics_file(run_dir: Path) -> dict[str, float]:
+    """The final metrics a finished run wrote."""
+    return json.loads((run_dir / METRICS_FILE).read_text())["metrics"]
 
 
 @rank_zero_only
