@@ -41,10 +41,6 @@ from fer.run.trainer import (
 )
 
 log = logging.getLogger("fer.train")
-# a sweep job in another process (a joblib worker, a submitit job) imports this module when it unpickles the
-# task, before Hydra names the job's folder with fer's resolvers
-register_resolvers()
-
 HPARAM_METRICS = ["val/acc_best", "test/acc", "test/f1_macro"]
 HPARAM_SECTIONS = ("model", "freeze", "loss", "optimizer", "scheduler")
 

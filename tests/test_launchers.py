@@ -62,7 +62,8 @@ def job_folders(sweep: Path) -> list[Path]:
 def test_parallel_jobs_run_at_once_each_in_its_folder_with_its_share_of_the_cores(
     tiny_data, outputs, fresh_workers
 ):
-    args = tiny_args(tiny_data, "trainer.max_epochs=2", "seed=1,2")
+    # long enough that the second worker process is up (it imports torch) before the first job ends
+    args = tiny_args(tiny_data, "trainer.max_epochs=6", "seed=1,2")
     check(
         fer_main(
             "fer.train", "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *args, outputs=outputs
