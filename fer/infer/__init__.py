@@ -1,0 +1,1 @@
+"""Serving a fer model without torch: ONNX sessions, preprocessing, face detectors, video, drawing."""
