@@ -13,14 +13,14 @@ import copy
 import inspect
 import json
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from fer.data.preprocessing import Preprocessing
 from fer.errors import CheckpointError, FERError
 from fer.files import check_output_file
+from fer.infer.metadata import ModelInfo, parse_model_info
 from fer.models import FERModule
 from fer.run.checkpoints import load_module
 from fer.run.cli import command
@@ -56,33 +56,15 @@ def export_metadata(module: FERModule, image_size: int | None = None) -> dict[st
     }
 
 
-def parse_metadata(metadata: Mapping[str, str], source: str) -> tuple[tuple[str, ...], Preprocessing]:
-    """Class names and preprocessing from :func:`export_metadata`'s keys; a clear error when absent."""
-    try:
-        class_names = tuple(json.loads(metadata["class_names"]))
-        pre = Preprocessing(
-            image_size=int(json.loads(metadata["image_size"])),
-            grayscale=bool(json.loads(metadata["grayscale"])),
-            mean=tuple(json.loads(metadata["mean"])),
-            std=tuple(json.loads(metadata["std"])),
-        )
-    except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(
-            f"{source} has no fer metadata ({type(error).__name__}: {error}): export it with "
-            "python -m fer.export CKPT --format onnx --out FILE.onnx"
-        ) from None
-    return class_names, pre
-
-
-def read_onnx_metadata(path: str | Path) -> tuple[tuple[str, ...], Preprocessing]:
-    """Class names and preprocessing recorded in an ONNX file written by :func:`export_onnx`."""
+def read_onnx_metadata(path: str | Path) -> ModelInfo:
+    """Class names, preprocessing and temperature recorded in an ONNX file written by :func:`export_onnx`."""
     import onnx
 
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:
         raise CheckpointError(f"{path} is not a readable ONNX file ({error}).") from None
-    return parse_metadata({p.key: p.value for p in model.metadata_props}, str(path))
+    return parse_model_info({p.key: p.value for p in model.metadata_props}, str(path))
 
 
 def _network(module: FERModule) -> torch.nn.Module:
@@ -147,7 +129,7 @@ def export_torchscript(module: FERModule, out: str | Path) -> Path:
     return out
 
 
-def read_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, tuple[str, ...], Preprocessing]:
+def read_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, ModelInfo]:
     """A TorchScript file written by :func:`export_torchscript`, with its class names and preprocessing."""
     extra = {TORCHSCRIPT_METADATA_FILE: ""}
     try:
@@ -156,8 +138,7 @@ def read_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, tuple[st
             network = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as error:
         raise CheckpointError(f"{path} is not a TorchScript file from fer.export ({error}).") from None
-    class_names, pre = parse_metadata(json.loads(extra[TORCHSCRIPT_METADATA_FILE] or "{}"), str(path))
-    return network, class_names, pre
+    return network, parse_model_info(json.loads(extra[TORCHSCRIPT_METADATA_FILE] or "{}"), str(path))
 
 
 def export(

@@ -17,6 +17,7 @@ from fer.bench.inference import inference_latency
 from fer.data.decode import load_image
 from fer.data.transforms import build_eval_transform
 from fer.export import export_onnx, export_torchscript, main, read_onnx_metadata, read_torchscript
+from fer.infer.metadata import ModelInfo
 from fer.models import FERModule
 from fer.predict import main as predict_main
 
@@ -69,7 +70,7 @@ def test_onnx_records_class_names_and_preprocessing(module: FERModule, onnx_file
     assert json.loads(props["grayscale"]) is True
     assert json.loads(props["mean"]) == pytest.approx(list(pre.mean))
     assert json.loads(props["std"]) == pytest.approx(list(pre.std))
-    assert read_onnx_metadata(onnx_file) == (module.class_names, pre)
+    assert read_onnx_metadata(onnx_file) == ModelInfo(module.class_names, pre, temperature=1.0)
     graph_input = onnx.load(str(onnx_file)).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in graph_input] == ["batch", 3, 32, 32]
 
@@ -77,13 +78,13 @@ def test_onnx_records_class_names_and_preprocessing(module: FERModule, onnx_file
 def test_torchscript_logits_match_pytorch_and_it_records_the_metadata(
     module: FERModule, torchscript_file: Path, real_batch: torch.Tensor
 ) -> None:
-    network, class_names, pre = read_torchscript(torchscript_file)
+    network, info = read_torchscript(torchscript_file)
     with torch.no_grad():
         got = network(real_batch).numpy()
     expected = torch_logits(module, real_batch)
     np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
     assert (got.argmax(1) == expected.argmax(1)).all()
-    assert (class_names, pre) == (module.class_names, module.preprocessing)
+    assert info == ModelInfo(module.class_names, module.preprocessing, temperature=1.0)
 
 
 def read_probabilities(path: Path) -> tuple[list[str], np.ndarray]:

@@ -12,15 +12,11 @@ import torch
 from conftest import run_fer
 from PIL import Image
 
+from fer.infer.detectors import FACE_MIN_SIZE
+from fer.infer.faces import crop_face
+from fer.infer.models import load_classifier
 from fer.models import FERModule
-from fer.predict import (
-    FACE_MIN_SIZE,
-    collect_images,
-    crop_face,
-    load_classifier,
-    main,
-    predict_files,
-)
+from fer.predict import collect_images, main, predict_files
 
 # where OpenCV 4's cascade puts the astronaut's face with fer's parameters (x, y, w, h)
 ASTRONAUT_FACE = (177, 66, 95, 95)

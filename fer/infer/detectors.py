@@ -153,7 +153,9 @@ class MTCNNDetector:
             if box is None or found["confidence"] < self.min_confidence:
                 continue
             points = found["keypoints"]
-            eyes = _ordered_eyes(tuple(map(float, points["left_eye"])), tuple(map(float, points["right_eye"])))
+            eyes = _ordered_eyes(
+                tuple(map(float, points["left_eye"])), tuple(map(float, points["right_eye"]))
+            )
             faces.append(Face(box, float(found["confidence"]), eyes))
         return _sorted(faces)
 
@@ -186,7 +188,9 @@ class SSDDetector:
         cv2 = _cv2()
         bgr = cv2.cvtColor(rgb, cv2.COLOR_GRAY2BGR if rgb.ndim == 2 else cv2.COLOR_RGB2BGR)
         height, width = bgr.shape[:2]
-        blob = cv2.dnn.blobFromImage(cv2.resize(bgr, (SSD_INPUT, SSD_INPUT)), 1.0, (SSD_INPUT, SSD_INPUT), SSD_MEAN)
+        blob = cv2.dnn.blobFromImage(
+            cv2.resize(bgr, (SSD_INPUT, SSD_INPUT)), 1.0, (SSD_INPUT, SSD_INPUT), SSD_MEAN
+        )
         self.network.setInput(blob)
         faces = []
         for _, _, score, x0, y0, x1, y1 in self.network.forward()[0, 0]:
@@ -210,12 +214,16 @@ class YuNetDetector:
         if not path.is_file():
             raise FERError(f"--detector-model {model}: no such file (a YuNet .onnx from OpenCV Zoo)")
         if not hasattr(cv2, "FaceDetectorYN"):
-            raise FERError(f"--detector-model needs OpenCV >= 4.5.4 (cv2.FaceDetectorYN); this is {cv2.__version__}")
+            raise FERError(
+                f"--detector-model needs OpenCV >= 4.5.4 (cv2.FaceDetectorYN); this is {cv2.__version__}"
+            )
         try:
             self.network = cv2.FaceDetectorYN.create(str(path), "", (320, 320), min_score)
         except cv2.error as error:
             message = " ".join(str(error).split())[-200:]
-            raise FERError(f"--detector-model {model}: OpenCV cannot load it as a YuNet model ({message})") from None
+            raise FERError(
+                f"--detector-model {model}: OpenCV cannot load it as a YuNet model ({message})"
+            ) from None
         self.path = path
 
     def detect(self, rgb: np.ndarray) -> list[Face]:

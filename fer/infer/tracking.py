@@ -47,7 +47,11 @@ class FaceTracker:
     def update(self, boxes: list[Box], probabilities: np.ndarray) -> tuple[list[int], np.ndarray]:
         """Track ids for this frame's faces and their (smoothed) probabilities, in the order given."""
         pairs = sorted(
-            ((iou(box, track.box), i, j) for i, box in enumerate(boxes) for j, track in enumerate(self.tracks)),
+            (
+                (iou(box, track.box), i, j)
+                for i, box in enumerate(boxes)
+                for j, track in enumerate(self.tracks)
+            ),
             reverse=True,
         )
         assigned: dict[int, Track] = {}
