@@ -92,7 +92,10 @@ class DemoModel:
         faces = self.analyzer.analyze([rgb])[0]
         names = self.classifier.class_names
         summary = (
-            "\n".join(f"- face {i}: **{f.label}** ({float(np.max(f.probabilities)):.2f})" for i, f in enumerate(faces))
+            "\n".join(
+                f"- face {i}: **{f.label}** ({float(np.max(f.probabilities)):.2f})"
+                for i, f in enumerate(faces)
+            )
             or "No face found."
         )
         return draw_faces(rgb, faces), bar_charts(faces, names), faces_table(faces, names), summary
@@ -107,7 +110,9 @@ class DemoModel:
         stem = Path(path).stem
         run = PredictionRun()
         outputs = VideoOutputs(timeline=folder / f"{stem}-timeline.png")
-        predict_stream(open_video(path), self.analyzer, run, outputs=outputs, limit=MAX_VIDEO_FRAMES, progress=False)
+        predict_stream(
+            open_video(path), self.analyzer, run, outputs=outputs, limit=MAX_VIDEO_FRAMES, progress=False
+        )
         csv_path = folder / f"{stem}.csv"
         write_results(csv_path, run, self.classifier.class_names, "demo", faces=True)
         note = f"{run.frames} frames, {len(run.predictions)} faces" + (
@@ -139,7 +144,10 @@ def build_demo(model: DemoModel, title: str = "fer: facial expressions"):
             timeline = gr.Image(label="timeline", type="filepath", interactive=False)
             csv_out = gr.File(label="per-frame CSV")
             run_video.click(
-                model.video, inputs=video_in, outputs=[timeline, csv_out, video_note], api_name="analyze_video"
+                model.video,
+                inputs=video_in,
+                outputs=[timeline, csv_out, video_note],
+                api_name="analyze_video",
             )
     return demo
 
@@ -178,7 +186,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m fer.demo", description=__doc__.split("\n")[0])
     parser.add_argument("model", help="a fer checkpoint (.ckpt), or an .onnx/.pt file from fer.export")
     parser.add_argument("--detector", choices=DETECTORS, default="haar", help="face detector (default haar)")
-    parser.add_argument("--detector-model", type=Path, metavar="PATH", help="a YuNet .onnx face detector file")
+    parser.add_argument(
+        "--detector-model", type=Path, metavar="PATH", help="a YuNet .onnx face detector file"
+    )
     parser.add_argument("--align", action="store_true", help="turn each face so that its eyes are level")
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="face box growth per side")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to serve on (default {DEFAULT_HOST})")

@@ -106,7 +106,9 @@ def test_video_gives_a_timeline_and_a_csv_row_per_frame_and_face(server: str, tm
     for frame in video_frames(12):
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     writer.release()
-    timeline, table, note = Client(server, verbose=False).predict(handle_file(str(clip)), api_name="/analyze_video")
+    timeline, table, note = Client(server, verbose=False).predict(
+        handle_file(str(clip)), api_name="/analyze_video"
+    )
     assert Image.open(timeline).size[0] == 1000
     with open(table, newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -127,9 +129,11 @@ def test_page_in_chromium_shows_the_label_of_the_uploaded_photo(
             page.set_default_timeout(TIMEOUT_MS)
             page.on(
                 "request",
-                lambda r: outside.append(r.url)
-                if urlparse(r.url).hostname not in ("127.0.0.1", None) and not r.url.startswith("data:")
-                else None,
+                lambda r: (
+                    outside.append(r.url)
+                    if urlparse(r.url).hostname not in ("127.0.0.1", None) and not r.url.startswith("data:")
+                    else None
+                ),
             )
             page.goto(server, wait_until="networkidle")
             page.locator("input[type=file]").first.set_input_files(str(photo))
