@@ -9,6 +9,7 @@ it works offline. The faces and numbers are those of ``fer.predict --faces`` wit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 from collections.abc import Sequence
@@ -212,10 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _gradio()
     with tempfile.TemporaryDirectory(prefix="fer-demo-") as work:
         demo = build_demo(make_model(args, Path(work)))
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             launch(demo, args.host, args.port)
-        except KeyboardInterrupt:
-            pass
     return 0
 
 

@@ -79,7 +79,7 @@ def test_gradio_client_gets_the_astronauts_face_as_fer_predict_does(
     from gradio_client import Client, handle_file
 
     client = Client(server, verbose=False)
-    image, chart, faces, summary = client.predict(handle_file(str(photo)), api_name="/analyze_image")
+    image, _chart, faces, summary = client.predict(handle_file(str(photo)), api_name="/analyze_image")
     (face,) = faces
     assert face["box"] == {k: int(expected[k]) for k in ("x", "y", "w", "h")}
     assert face["label"] == expected["label"]

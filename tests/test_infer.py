@@ -192,7 +192,7 @@ def test_temperature_in_the_metadata_divides_the_logits_before_the_softmax(
 
 @pytest.mark.parametrize("value", ["0", "-1", '"warm"', "NaN"])
 def test_a_bad_temperature_is_a_clear_error(onnx_model: Path, tmp_path: Path, value: str) -> None:
-    with pytest.raises(CheckpointError, match="temperature .* must be a positive number"):
+    with pytest.raises(CheckpointError, match=r"temperature .* must be a positive number"):
         load_classifier(_with_temperature(onnx_model, tmp_path / "t.onnx", value), "cpu")
 
 
