@@ -8,9 +8,20 @@ import numpy as np
 
 Box = tuple[int, int, int, int]
 
-TRACK_IOU = 0.3  # a face in the next frame is the same face when its box overlaps this much
+TRACK_IOU = 0.3  # a face in the next frame is the same face when its box overlaps this much,
+MAX_JUMP = (
+    1.5  # or, failing that, when its centre moved by at most this many box sides (fast motion, --every)
+)
 SMOOTHING = 0.6  # weight of the past in the exponential moving average of a face's probabilities
 MAX_MISSED = 15  # frames a face may go unseen (a blink of the detector) before its track ends
+
+
+def centre_jump(a: Box, b: Box) -> float:
+    """How far the centre of ``b`` lies from that of ``a``, in ``a``'s mean side."""
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    distance = np.hypot(bx + bw / 2 - ax - aw / 2, by + bh / 2 - ay - ah / 2)
+    return float(distance / max(1.0, (aw + ah) / 2))
 
 
 def iou(a: Box, b: Box) -> float:
@@ -35,30 +46,28 @@ class Track:
 
 @dataclass
 class FaceTracker:
-    """Gives each face a track id (greedy matching on box IoU, best pairs first) and, with ``smoothing``,
-    replaces its probabilities by their exponential moving average along the track."""
+    """Gives each face a track id (greedy matching, best pairs first: by box IoU, then by how little the
+    centre moved) and, with ``smoothing``, replaces its probabilities by their exponential moving average
+    along the track."""
 
     smoothing: float = 0.0
     min_iou: float = TRACK_IOU
+    max_jump: float = MAX_JUMP
     max_missed: int = MAX_MISSED
     tracks: list[Track] = field(default_factory=list)
     next_id: int = 0
 
     def update(self, boxes: list[Box], probabilities: np.ndarray) -> tuple[list[int], np.ndarray]:
         """Track ids for this frame's faces and their (smoothed) probabilities, in the order given."""
-        pairs = sorted(
-            (
-                (iou(box, track.box), i, j)
-                for i, box in enumerate(boxes)
-                for j, track in enumerate(self.tracks)
-            ),
-            reverse=True,
-        )
+        pairs = []
+        for i, box in enumerate(boxes):
+            for j, track in enumerate(self.tracks):
+                overlap, jump = iou(track.box, box), centre_jump(track.box, box)
+                if overlap >= self.min_iou or jump <= self.max_jump:
+                    pairs.append((overlap >= self.min_iou, overlap, -jump, i, j))
         assigned: dict[int, Track] = {}
         used: set[int] = set()
-        for overlap, i, j in pairs:
-            if overlap < self.min_iou:
-                break
+        for *_, i, j in sorted(pairs, reverse=True):
             if i in assigned or j in used:
                 continue
             assigned[i] = self.tracks[j]
