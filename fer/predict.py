@@ -292,7 +292,7 @@ def predict_stream(
             [r.face for r in rows],
             probabilities,
             analyzer.classifier.class_names,
-            source.name,
+            Path(source.name).name,
         )
         save_figure(figure, outputs.timeline)
     run.videos.append(source.name)

