@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from fer.errors import CheckpointError
@@ -21,6 +22,12 @@ def load_classifier(path: str | Path, device: str = "auto", threads: int = 0) ->
         from fer.infer.onnx_model import onnx_classifier
 
         return onnx_classifier(file, device, threads)
+    if importlib.util.find_spec("torch") is None:
+        raise CheckpointError(
+            f"{path}: .ckpt and .pt models need torch, which this installation lacks: export the model "
+            "where fer is fully installed (python -m fer.export CKPT --format onnx) and use the .onnx file, "
+            "or pip install fer with its dependencies"
+        )
     from fer.infer.torch_model import torch_classifier
 
     return torch_classifier(file, device)
