@@ -458,6 +458,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     faces.add_argument("--detector-model", type=Path, metavar="PATH", help="a YuNet .onnx face detector file")
     faces.add_argument(
+        "--detect-size",
+        type=int,
+        metavar="PIXELS",
+        help="look for faces on the image shrunk to this longer side (e.g. 320: about 4x faster on 640x480 "
+        "video; faces must stay 30 px there)",
+    )
+    faces.add_argument(
         "--align", action="store_true", help="turn each face so that its eyes are level (mtcnn, yunet)"
     )
     faces.add_argument(
@@ -535,7 +542,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_live_window()
     faces = args.faces or args.detector is not None or args.detector_model is not None or streams > 0
     classifier = load_classifier(args.model, args.device)
-    detector = build_detector(args.detector or "haar", args.detector_model) if faces else None
+    detector = (
+        build_detector(args.detector or "haar", args.detector_model, args.detect_size) if faces else None
+    )
     run = PredictionRun()
     if images:
         predict_files(

@@ -77,7 +77,9 @@ def video_frames(count: int = VIDEO_FRAMES, size: tuple[int, int] = FRAME) -> li
     return frames
 
 
-def _frames_per_second(ctx: BenchContext, detector_name: str, runtime: str) -> Measurement:
+def _frames_per_second(
+    ctx: BenchContext, detector_name: str, runtime: str, detect_size: int | None = None
+) -> Measurement:
     """Frames/s of detection and classification, one frame at a time as from a camera (decoding excluded)."""
     from fer.infer.detectors import build_detector
     from fer.infer.models import load_classifier
@@ -87,7 +89,7 @@ def _frames_per_second(ctx: BenchContext, detector_name: str, runtime: str) -> M
     threads = torch.get_num_threads()
     device = ctx.device.type
     classifier = load_classifier(onnx if runtime == "onnxruntime" else checkpoint, device, threads=threads)
-    analyzer = FaceAnalyzer(classifier, build_detector(detector_name))
+    analyzer = FaceAnalyzer(classifier, build_detector(detector_name, max_side=detect_size))
     frames = video_frames()
     for frame in frames[:2]:
         analyzer.analyze([frame])
@@ -137,6 +139,14 @@ for _detector in DETECTORS:
             compare_to=f"serving/haar+{_runtime}@640x480",
             default_on=(),
         )(functools.partial(_frames_per_second, detector_name=_detector, runtime=_runtime))
+
+for _detector in DETECTORS:
+    register(
+        f"serving/{_detector}@320+onnxruntime@640x480",
+        f"frames/s: {_detector} detection on the frame shrunk to 320x240 (--detect-size 320) + onnxruntime",
+        compare_to=f"serving/{_detector}+onnxruntime@640x480",
+        default_on=(),
+    )(functools.partial(_frames_per_second, detector_name=_detector, runtime="onnxruntime", detect_size=320))
 
 for _count in (1, PROCESS_IMAGES):
     for _model in ("onnx", "ckpt"):
