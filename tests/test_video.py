@@ -243,3 +243,14 @@ def test_tracker_matches_boxes_by_overlap_and_ends_lost_tracks() -> None:
     assert iou((0, 0, 10, 10), (5, 0, 10, 10)) == pytest.approx(50 / 150)
     ids, _ = tracker.update([(14, 0, 10, 10)], p[:1])  # no overlap, but a jump of 1.4 sides: the same face
     assert ids == [2]
+
+
+def test_serving_bench_row_measures_frames_per_second(tmp_path: Path) -> None:
+    import torch
+
+    from fer.bench.harness import ROWS, BenchContext
+
+    ctx = BenchContext(data_dir=tmp_path, device=torch.device("cpu"), images=1, seconds=0.1, quick=True)
+    measurement = ROWS["serving/mtcnn@320+onnxruntime@640x480"].function(ctx)
+    assert measurement.images == 30  # at least the whole clip, once
+    assert measurement.notes.startswith("1.00 faces per frame")
