@@ -64,8 +64,8 @@ def test_a_three_class_folder_trains_evaluates_predicts_and_exports_with_its_own
 
     onnx_file = tmp_path / "model.onnx"
     check(fer_main("fer.export", str(best), "--out", str(onnx_file), outputs=outputs))
-    names, pre = read_onnx_metadata(onnx_file)
-    assert names == CLASSES and pre.image_size == 32
+    info = read_onnx_metadata(onnx_file)
+    assert info.class_names == CLASSES and info.preprocessing.image_size == 32
 
 
 @pytest.mark.parametrize(

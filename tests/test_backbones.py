@@ -102,9 +102,9 @@ def test_checkpoint_round_trip_and_exports_give_the_same_logits(backbone, tmp_pa
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     np.testing.assert_allclose(logits, expected.numpy(), rtol=1e-4, atol=1e-4)
-    scripted, names, _ = read_torchscript(export_torchscript(loaded, tmp_path / "model.pt"))
+    scripted, info = read_torchscript(export_torchscript(loaded, tmp_path / "model.pt"))
     torch.testing.assert_close(scripted(x), expected, rtol=1e-4, atol=1e-4)
-    assert names == ("a", "b", "c")
+    assert info.class_names == ("a", "b", "c")
 
 
 @pytest.mark.parametrize("policy", ["backbone", "last_layer"])
