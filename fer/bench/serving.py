@@ -8,8 +8,10 @@ ONNX export. The video is scikit-image's astronaut photo (one face) moving acros
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,6 +43,7 @@ def _models(ctx: BenchContext) -> tuple[Path, Path, Path]:
         from fer.models import FERModule
 
         folder = Path(tempfile.mkdtemp(prefix="fer-serving-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
         module = FERModule(
             BACKBONE,
             pretrained=False,
