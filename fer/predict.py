@@ -461,7 +461,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--detect-size",
         type=int,
         metavar="PIXELS",
-        help="look for faces on the image shrunk to this longer side (e.g. 320: about 4x faster on 640x480 "
+        help="look for faces on the image shrunk to this longer side (e.g. 320: 2-3x the frames/s on 640x480 "
         "video; faces must stay 30 px there)",
     )
     faces.add_argument(
