@@ -140,8 +140,9 @@ def check_launches_no_sweep(trainer: Trainer) -> None:
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Lightning's callback metrics as plain floats."""
-    return {name: float(value) for name, value in metrics.items()}
+    """Lightning's callback metrics as plain floats, without the learning rate monitor's ``lr-*`` values:
+    a setting, not a result, and a run resumed in its last epoch never logs them again."""
+    return {name: float(value) for name, value in metrics.items() if not name.startswith("lr-")}
 
 
 @rank_zero_only
