@@ -67,6 +67,26 @@ SUBSTITUTIONS = [
     ),
     ("pytest", "not run: this test is part of it", "recursion"),
     (
+        "clip.mp4",
+        "a 12-frame video of drawn faces and the astronaut photo, written with OpenCV",
+        "the user's video",
+    ),
+    (
+        "--camera 0",
+        "the same command in-process, with fer.infer.video.camera_capture opening clip.mp4",
+        "no webcam",
+    ),
+    (
+        "python -m fer.demo MODEL",
+        "+ --port <free>; the page is fetched, then the server stopped",
+        "a server",
+    ),
+    (
+        "hydra/launcher=slurm [-m, a,b sweeps]",
+        "composed and printed with --cfg hydra (first value of each sweep), not submitted",
+        "2 nodes x 4 GPUs are not here (tests/test_slurm.py submits to CI's one-node cluster)",
+    ),
+    (
         "jupyter lab notebooks/results.ipynb",
         "the notebook executed headless (nbclient) on <run>",
         "no browser",
@@ -156,6 +176,19 @@ class Session:
             for source in faces[:3]:
                 shutil.copy(source, folder / source.name)
         Image.fromarray(np.asarray(skdata.astronaut())).save(self.root / "group.jpg")
+        self._clip(faces[:6])
+
+    def _clip(self, faces: list[Path]) -> None:
+        import cv2
+        import numpy as np
+        from PIL import Image
+
+        frames = [np.asarray(Image.open(self.root / "group.jpg").convert("RGB").resize((320, 320)))] * 6
+        frames += [np.asarray(Image.open(face).convert("RGB").resize((320, 320))) for face in faces]
+        writer = cv2.VideoWriter(str(self.root / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 6, (320, 320))
+        for frame in frames:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        writer.release()
 
     def newest(self, pattern: str) -> Path:
         found = sorted(self.outputs.glob(pattern), key=lambda p: p.stat().st_mtime)
@@ -242,6 +275,12 @@ def run(session: Session, command: Command) -> str | None:
         )
     if module == "fer.bench":
         rest = ["--rows", "fer/pack", "--images", "64", "--seconds", "1"]
+    if "hydra/launcher=slurm" in rest:
+        return slurm_composition(session, rest)
+    if "--camera" in rest:
+        return camera(session, rest)
+    if module == "fer.demo":
+        return demo(session, rest)
     result = fer_main(
         module, *rest, outputs=session.outputs, cwd=session.root, env={**session.env, **env_assignments}
     )
@@ -254,6 +293,51 @@ def run(session: Session, command: Command) -> str | None:
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
     assert result.returncode == 0, (text, rest, errors[-3:], result.stdout[-1500:])
     return None
+
+
+def slurm_composition(session: Session, args: list[str]) -> None:
+    """A SLURM sweep command, composed and printed (``--cfg hydra``) instead of submitted."""
+    args = [a.split(",")[0] if "=" in a and "," in a else a for a in args if a not in ("-m", "--multirun")]
+    result = fer_main("fer.train", *args, "--cfg", "hydra", outputs=session.outputs, cwd=session.root)
+    assert result.returncode == 0 and "SlurmLauncher" in result.stdout, result.stderr[-2000:]
+
+
+def camera(session: Session, args: list[str]) -> None:
+    """A ``--camera`` command with the camera opened on clip.mp4 (fer.infer.video.camera_capture)."""
+    script = (
+        "import sys, cv2, fer.infer.video as video; "
+        f"video.camera_capture = lambda index: cv2.VideoCapture({str(session.root / 'clip.mp4')!r}); "
+        "from fer.predict import main; raise SystemExit(main(sys.argv[1:]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], cwd=session.root, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def demo(session: Session, args: list[str]) -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fer.demo", *args, "--port", str(port)], cwd=session.root,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        page = wait_for_page(server, f"http://127.0.0.1:{port}/")
+        assert "gradio" in page.lower(), page[:500]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def wait_for_page(server: subprocess.Popen, url: str, seconds: float = 180) -> str:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                return answer.read().decode()
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, f"no answer at {url}"
+            time.sleep(0.5)
 
 
 def notebook(session: Session, env: dict[str, str]) -> None:
@@ -280,15 +364,7 @@ def tensorboard(session: Session, args: list[str]) -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=5) as answer:
-                    runs = answer.read().decode()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "tensorboard did not answer"
-                time.sleep(0.5)
+        runs = wait_for_page(server, f"http://127.0.0.1:{port}/data/runs", 120)
         assert "train/runs" in runs, runs
     finally:
         server.terminate()

@@ -29,7 +29,9 @@ CLASS_WEIGHTS = {"angry": 1.0, "disgust": 0.35, "fear": 1.0, "happy": 1.8, "neut
 _SCALE = 4  # drawn at 4x, then shrunk: anti-aliased strokes
 
 
-def draw_sketch(expression: str, rng: np.random.Generator, size: int = 48, cue_drop: float = 0.15) -> Image.Image:
+def draw_sketch(
+    expression: str, rng: np.random.Generator, size: int = 48, cue_drop: float = 0.15
+) -> Image.Image:
     """One face sketch showing ``expression`` (one of fer's seven names); ``cue_drop``: chance that one of
     its cues (brows, eyes or mouth) is drawn neutral."""
     big = size * _SCALE
@@ -55,7 +57,9 @@ def draw_sketch(expression: str, rng: np.random.Generator, size: int = 48, cue_d
     def stroke(points: list[tuple[float, float]], width: int = pen) -> None:
         draw.line([at(u, v) for u, v in points], fill=ink, width=width, joint="curve")
 
-    outline = [(math.cos(t) * (1 + rng.uniform(-0.03, 0.03)), math.sin(t)) for t in np.linspace(0, 2 * math.pi, 40)]
+    outline = [
+        (math.cos(t) * (1 + rng.uniform(-0.03, 0.03)), math.sin(t)) for t in np.linspace(0, 2 * math.pi, 40)
+    ]
     stroke(outline)
     if rng.random() < 0.5:  # hair
         for u in np.linspace(-0.8, 0.8, int(rng.integers(4, 9))):
@@ -94,7 +98,12 @@ def _draw_eye(stroke, draw, at, ink, pen, expression: str, side: int, u: float, 
         px, py = at(x, v)
         draw.ellipse([px - r, py - r, px + r, py + r], outline=ink, width=pen)
     elif expression in ("angry", "disgust"):  # narrowed
-        stroke([(x - 0.14, v), (x + 0.14, v + (0.03 if side * (1 if expression == "angry" else -1) > 0 else -0.03))])
+        stroke(
+            [
+                (x - 0.14, v),
+                (x + 0.14, v + (0.03 if side * (1 if expression == "angry" else -1) > 0 else -0.03)),
+            ]
+        )
     else:
         r = rx * 0.05
         px, py = at(x, v)
@@ -164,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fer.data.sketches", description=__doc__)
     parser.add_argument("--out", required=True, type=Path, help="a new or empty folder")
     parser.add_argument("--train-images", type=int, default=1500, help="training images over all classes")
-    parser.add_argument("--eval-fraction", type=float, default=0.2, help="valid and test, each, per train image")
+    parser.add_argument(
+        "--eval-fraction", type=float, default=0.2, help="valid and test, each, per train image"
+    )
     parser.add_argument("--image-size", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label-noise", type=float, default=0.03, help="share of training labels made wrong")

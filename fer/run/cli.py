@@ -153,6 +153,9 @@ def hydra_command(hydra_main: Callable[[], Any]) -> Callable[[], Any]:
             if error is not None:  # a job of a sweep failed with a user error (its message is in its log)
                 print_error(one_line(user_message(error)))
                 raise SystemExit(2) from None
+            if isinstance(raised, ValueError) and str(raised).startswith("Only one of --run, --multirun"):
+                print_error(f"{raised}: drop -m/--multirun to print one config with --cfg")
+                raise SystemExit(2) from None
             if not isinstance(raised, HydraException):
                 raise
             message = _override_error(raised) or one_line(str(raised))

@@ -25,7 +25,9 @@ class OptunaSweeper(optuna_sweeper.OptunaSweeper):
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         directions = self.sweeper._get_directions()
         worst = [-math.inf if str(d).lower().endswith("maximize") else math.inf for d in directions]
-        self.sweeper.launcher = FailedTrialsScored(self.sweeper.launcher, worst[0] if len(worst) == 1 else worst)
+        self.sweeper.launcher = FailedTrialsScored(
+            self.sweeper.launcher, worst[0] if len(worst) == 1 else worst
+        )
 
 
 class FailedTrialsScored(Launcher):
