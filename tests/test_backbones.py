@@ -118,3 +118,19 @@ def test_frozen_front_features_give_the_whole_networks_logits(backbone, policy):
     with torch.no_grad():
         features = module.frozen_front()(x).flatten(1)  # as the feature cache stores them
         torch.testing.assert_close(module.classify_features(features), module.model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_from_scratch_every_batchnorm_uses_momentum_0_1_and_a_weights_file_keeps_the_architectures(
+    backbone, tmp_path
+):
+    # torchvision's MobileNets set 0.01, which kept validation at one class in short runs from scratch
+    scratch = FERModule(backbone=backbone, pretrained=False)
+    assert {m.momentum for m in _batchnorms(scratch.model)} <= {0.1}
+    reference = FERModule(backbone=backbone, pretrained=False, bn_momentum=0.0123)
+    path = tmp_path / "weights.pth"
+    torch.save(reference.model.state_dict(), path)
+    loaded = FERModule(backbone=backbone, pretrained=False, weights_path=str(path))
+    from torchvision.models import get_model
+
+    own = {m.momentum for m in _batchnorms(get_model(backbone))}
+    assert {m.momentum for m in _batchnorms(loaded.model)} == own
