@@ -1,0 +1,254 @@
+"""Small data sets written in the published formats of FER2013, FER+, RAF-DB and AffectNet, with drawn faces
+(``fer.data.synthetic``) inside: what the readers of ``fer.data.sources`` are tested and benchmarked on,
+since the data sets themselves cannot be downloaded freely.
+
+The ``write_*`` functions write one file exactly as the data set distributes it; the ``make_*`` functions
+write a whole data set folder (the ``data.data_dir`` of its ``conf/data`` option)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from fer.data.sources.affectnet import COLUMNS as AFFECTNET_COLUMNS
+from fer.data.sources.affectnet import EXPRESSION_CODES, IMAGES_DIR, LISTS_DIR
+from fer.data.sources.base import CONTEMPT, EXPRESSIONS
+from fer.data.sources.fer2013 import FER2013_CODES, FER2013_FILE, USAGE_SPLITS
+from fer.data.sources.ferplus import FERPLUS_FILE, VOTE_CLASSES, VOTE_COLUMNS
+from fer.data.sources.rafdb import IMAGE_DIR, LABEL_FILE, RAFDB_CODES, aligned_name
+from fer.data.synthetic import draw_face
+
+SPLIT_USAGE = {split: usage for usage, split in USAGE_SPLITS.items()}
+FER2013_CODE = {name: code for code, name in FER2013_CODES.items()}
+RAFDB_CODE = {name: code for code, name in RAFDB_CODES.items()}
+AFFECTNET_CODE = {name: code for code, name in EXPRESSION_CODES.items()}
+# drawn faces have no contempt: a contempt sample shows a neutral face
+DRAWN_AS = {CONTEMPT: "neutral"}
+
+
+def drawn(name: str, rng: np.random.Generator, size: int = 48) -> Image.Image:
+    """A gray drawn face showing the expression ``name``."""
+    return draw_face(DRAWN_AS.get(name, name), rng, size)
+
+
+def _per_class(count: int | Mapping[str, int], names: Sequence[str]) -> dict[str, int]:
+    return {name: count.get(name, 0) if isinstance(count, Mapping) else count for name in names}
+
+
+# ------------------------------------------------------------------------------------------- writers
+
+
+def write_fer2013_csv(path: str | Path, rows: Iterable[tuple[int | str, np.ndarray | str, str]]) -> Path:
+    """``fer2013.csv``: header ``emotion,pixels,Usage``; each row an emotion code, 2,304 space-separated gray
+    values (a 48x48 array, or the text as is) and ``Training``/``PublicTest``/``PrivateTest``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        handle.write("emotion,pixels,Usage\n")
+        for code, pixels, usage in rows:
+            text = pixels if isinstance(pixels, str) else " ".join(map(str, np.asarray(pixels).ravel()))
+            handle.write(f"{code},{text},{usage}\n")
+    return path
+
+
+def write_ferplus_csv(path: str | Path, rows: Iterable[tuple[str, str, Sequence[int]]]) -> Path:
+    """``fer2013new.csv``: ``Usage,Image name,`` and the ten vote columns (neutral ... contempt, unknown, NF);
+    an empty image name marks a row that is not a face."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["Usage", "Image name", *VOTE_COLUMNS])
+        for usage, name, votes in rows:
+            writer.writerow([usage, name, *(int(v) for v in votes)])
+    return path
+
+
+def write_rafdb_list(path: str | Path, rows: Iterable[tuple[str, int]]) -> Path:
+    """``list_patition_label.txt``: ``<image name> <code>`` per line (codes 1-7)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{name} {code}\n" for name, code in rows))
+    return path
+
+
+@dataclass(frozen=True)
+class AffectNetRow:
+    """One row of AffectNet's ``training.csv`` / ``validation.csv``."""
+
+    file: str  # subDirectory_filePath, relative to Manually_Annotated_Images/
+    box: tuple[int, int, int, int]  # face_x, face_y, face_width, face_height
+    landmarks: tuple[float, ...]  # 68 (x, y) pairs, flattened
+    expression: int
+    valence: float
+    arousal: float
+
+
+def write_affectnet_csv(path: str | Path, rows: Iterable[AffectNetRow]) -> Path:
+    """An AffectNet list file: the header ``subDirectory_filePath,face_x,...,valence,arousal`` and one row per
+    image, landmarks as ``x;y;x;y...``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(AFFECTNET_COLUMNS)
+        for row in rows:
+            landmarks = ";".join(f"{v:.2f}" for v in row.landmarks)
+            writer.writerow([row.file, *row.box, landmarks, row.expression, row.valence, row.arousal])
+    return path
+
+
+# ------------------------------------------------------------------------------------ whole data sets
+
+
+def fer2013_rows(
+    per_split: Mapping[str, int | Mapping[str, int]], seed: int = 0, names: Sequence[str] = EXPRESSIONS
+) -> list[tuple[str, str, np.ndarray]]:
+    """(split, class name, 48x48 face) for ``per_split[split]`` faces of each class, in a shuffled order."""
+    rng = np.random.default_rng(seed)
+    items = [
+        (split, name)
+        for split, count in per_split.items()
+        for name, n in _per_class(count, names).items()
+        for _ in range(n)
+    ]
+    order = rng.permutation(len(items))
+    return [(*items[i], np.asarray(drawn(items[i][1], rng))) for i in order]
+
+
+def make_fer2013(
+    root: str | Path, per_split: Mapping[str, int | Mapping[str, int]] | None = None, seed: int = 0
+) -> Path:
+    """``<root>/fer2013.csv`` with drawn faces (default: 4 train, 2 valid, 2 test per class)."""
+    rows = fer2013_rows(per_split or {"train": 4, "valid": 2, "test": 2}, seed)
+    write_fer2013_csv(
+        Path(root) / FER2013_FILE,
+        [(FER2013_CODE[name], face, SPLIT_USAGE[split]) for split, name, face in rows],
+    )
+    return Path(root)
+
+
+def ferplus_votes(name: str, rng: np.random.Generator) -> list[int]:
+    """Ten votes whose single top class is ``name``: 6-8 for it, the rest spread over other expressions."""
+    votes = [0] * len(VOTE_COLUMNS)
+    column = next(c for c, n in VOTE_CLASSES.items() if n == name)
+    top = int(rng.integers(6, 9))
+    votes[VOTE_COLUMNS.index(column)] = top
+    others = [i for i, c in enumerate(VOTE_COLUMNS) if c != column]
+    for i in rng.choice(others, size=10 - top):
+        votes[int(i)] += 1
+    return votes
+
+
+def make_ferplus(
+    root: str | Path, per_split: Mapping[str, int] | None = None, seed: int = 0, contempt: int = 2
+) -> Path:
+    """``<root>/fer2013.csv`` and ``<root>/fer2013new.csv``: ``per_split`` faces of each of the 7 expressions
+    plus ``contempt`` contempt faces per split (default: 4 train, 2 valid, 2 test), each with ten votes whose
+    top class is its own, and per split three rows the majority vote leaves out: not a face (empty image
+    name), top vote unknown, and a tie."""
+    counts = per_split or {"train": 4, "valid": 2, "test": 2}
+    per_class = {
+        split: {**{name: n for name in EXPRESSIONS}, CONTEMPT: contempt} for split, n in counts.items()
+    }
+    rng = np.random.default_rng(seed + 1)
+    rows = fer2013_rows(per_class, seed, (*EXPRESSIONS, CONTEMPT))
+    pixels, votes = [], []
+    for i, (split, name, face) in enumerate(rows):
+        pixels.append((FER2013_CODE[DRAWN_AS.get(name, name)], face, SPLIT_USAGE[split]))
+        votes.append((SPLIT_USAGE[split], f"fer{i:07d}.png", ferplus_votes(name, rng)))
+    left_out = {
+        "": [0] * 9 + [10],  # not a face
+        "unknown": [1, 1, 0, 0, 0, 0, 0, 0, 8, 0],
+        "tie": [4, 4, 1, 1, 0, 0, 0, 0, 0, 0],
+    }
+    for split in counts:
+        for kind, vote in left_out.items():
+            pixels.append((FER2013_CODE["neutral"], np.asarray(drawn("neutral", rng)), SPLIT_USAGE[split]))
+            votes.append((SPLIT_USAGE[split], f"fer{len(votes):07d}.png" if kind else "", vote))
+    write_fer2013_csv(Path(root) / FER2013_FILE, pixels)
+    write_ferplus_csv(Path(root) / FERPLUS_FILE, votes)
+    return Path(root)
+
+
+def _rgb(face: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A gray face as an RGB image with a random tint (RAF-DB and AffectNet are colour photos)."""
+    tint = rng.uniform(0.75, 1.0, size=3)
+    rgb = np.asarray(face, dtype=np.float32)[..., None] * tint
+    return Image.fromarray(rgb.clip(0, 255).astype(np.uint8), mode="RGB")
+
+
+def make_rafdb(
+    root: str | Path, train_per_class: int = 6, test_per_class: int = 2, seed: int = 0, size: int = 100
+) -> Path:
+    """RAF-DB basic under ``root``: the label list and ``size`` px RGB aligned faces (JPEG), names numbered
+    in a shuffled class order as in the real list."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    images = root / IMAGE_DIR
+    images.mkdir(parents=True, exist_ok=True)
+    lines: list[tuple[str, int]] = []
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        names = [name for name in EXPRESSIONS for _ in range(count)]
+        digits = 5 if split == "train" else 4
+        for number, i in enumerate(rng.permutation(len(names)), start=1):
+            file = f"{split}_{number:0{digits}d}.jpg"
+            _rgb(drawn(names[i], rng, size), rng).save(images / aligned_name(file), quality=90)
+            lines.append((file, RAFDB_CODE[names[i]]))
+    write_rafdb_list(root / LABEL_FILE, lines)
+    return root
+
+
+def _affectnet_rows(
+    folder: Path, names: Sequence[str], rng: np.random.Generator, start: int, face_size: int
+) -> list[AffectNetRow]:
+    """Faces of ``names`` pasted into larger noisy photos under ``folder``, with their boxes and landmarks."""
+    rows = []
+    for k, name in enumerate(names):
+        index = start + k
+        code = AFFECTNET_CODE[name] if name in AFFECTNET_CODE else int(name)
+        shown = name if name in AFFECTNET_CODE and code < 8 else "neutral"
+        width, height = face_size + int(rng.integers(16, 48)), face_size + int(rng.integers(16, 48))
+        canvas = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+        x, y = int(rng.integers(0, width - face_size)), int(rng.integers(0, height - face_size))
+        canvas[y : y + face_size, x : x + face_size] = np.asarray(_rgb(drawn(shown, rng, face_size), rng))
+        relative = f"{index % 3 + 1}/{hashlib.sha1(str(index).encode()).hexdigest()}.jpg"
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(canvas).save(folder / relative, quality=90)
+        landmarks = tuple(
+            float(v) for v in (rng.uniform(0, face_size, size=136) + np.tile([x, y], 68)).round(2)
+        )
+        valence, arousal = (round(float(v), 6) for v in rng.uniform(-1, 1, size=2))
+        rows.append(AffectNetRow(relative, (x, y, face_size, face_size), landmarks, code, valence, arousal))
+    return rows
+
+
+def make_affectnet(
+    root: str | Path,
+    train_per_class: int = 6,
+    test_per_class: int = 2,
+    seed: int = 0,
+    face_size: int = 48,
+    left_out: Sequence[int] = (8, 9, 10),
+) -> Path:
+    """AffectNet under ``root``: ``training.csv`` (``train_per_class`` rows of each of the 8 expressions) and
+    ``validation.csv`` (``test_per_class``), plus one row of each code in ``left_out`` in both, the images
+    (drawn faces in larger noisy photos) under ``Manually_Annotated_Images/<n>/<hash>.jpg``."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    images = root / IMAGES_DIR
+    eight = (*EXPRESSIONS, CONTEMPT)
+    start = 0
+    for file, count in (("training.csv", train_per_class), ("validation.csv", test_per_class)):
+        names = [name for name in eight for _ in range(count)] + [str(code) for code in left_out]
+        names = [names[i] for i in rng.permutation(len(names))]
+        rows = _affectnet_rows(images, names, rng, start, face_size)
+        start += len(rows)
+        write_affectnet_csv(root / LISTS_DIR / file, rows)
+    return root
