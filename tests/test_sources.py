@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -257,3 +258,80 @@ def test_each_reader_trains_and_tests_through_fer_train(published, data, extra, 
     assert not any(f"test/recall/{name} " in result.stdout for name in EIGHT if name not in classes)
     (run,) = (outputs / "train" / "runs").iterdir()
     assert f"images in {published / FOLDERS[data]}" in (run / "train.log").read_text()
+
+
+# ------------------------------------------------------------------------------ cross-data-set evaluation
+
+
+def test_a_model_restricted_to_shared_classes_keeps_their_logits(module):
+    import torch
+
+    from fer.models.subset import restrict_to_classes
+
+    names = ["surprise", "happy", "angry"]
+    restricted = restrict_to_classes(module, names).eval()
+    images = torch.rand(4, 3, 32, 32)
+    keep = [module.class_names.index(name) for name in names]
+    with torch.no_grad():
+        torch.testing.assert_close(restricted(images), module(images)[:, keep])
+    assert restricted.class_names == tuple(names)
+
+
+def test_shared_classes_relabel_and_renormalize_soft_targets(tmp_path):
+    from fer.data.sources import SharedClasses
+
+    write_ferplus(tmp_path, VOTES)
+    spec = {"_target_": "fer.data.sources.FERPlus", "root": str(tmp_path), "label_mode": "probability"}
+    shared = SharedClasses(spec, ["angry", "contempt"]).index("train")
+    assert shared.labels == (1, 0) and shared.class_names == ("angry", "contempt")
+    np.testing.assert_allclose(shared.targets, [[0.0, 1.0], [1.0, 0.0]])
+
+
+@pytest.mark.slow
+def test_eval_matches_classes_by_name_and_report_prints_the_model_by_test_set_matrix(
+    published, checkpoint, tmp_path
+):
+    env = {"FER_DATA_DIR": str(published)}
+    outputs = tmp_path / "outputs"
+    quiet = "+trainer.enable_progress_bar=false"  # packs go to FER_DATA_DIR/cache
+    train = ["data=ferplus", *TINY, "trainer.max_epochs=1", "+trainer.limit_train_batches=1"]
+    check(fer_main("fer.train", *train, outputs=outputs, env=env))
+    (run,) = (outputs / "train" / "runs").iterdir()
+    ferplus = run / "checkpoints" / "last.ckpt"
+    saved = torch_load(ferplus)
+    assert saved["hyper_parameters"]["class_names"] == list(EIGHT)
+    assert saved["fer_data"]["source"]["_target_"] == "fer.data.sources.ferplus.FERPlus"
+
+    # two models (FER+ 8 classes, MMAFEDB 7 classes) x the four test sets, and the report's matrix
+    sweep = check(
+        fer_main(
+            "fer.eval", "-m", f"ckpt_path={ferplus},{checkpoint}", "data=fer2013,ferplus,rafdb,affectnet",
+            quiet, outputs=outputs, env=env,
+        )
+    )  # fmt: skip
+    assert "8 jobs" in sweep.stdout
+    # the 8-class FER+ model on 7-class RAF-DB: contempt is left out, named, and recorded
+    assert "left out: contempt (only the model has it)" in sweep.stdout
+    (folder,) = (outputs / "eval" / "multiruns").iterdir()
+    (job,) = folder.glob("2_*data=rafdb")
+    recorded = json.loads((job / "metrics.json").read_text())
+    assert recorded["classes"] == {
+        "evaluated": list(EXPRESSIONS),
+        "model_only": ["contempt"],
+        "data_only": [],
+    }
+    assert "test/recall/contempt" not in recorded["metrics"] and "test/recall/surprise" in recorded["metrics"]
+    report = check(fer_main("fer.report", str(folder), outputs=outputs)).stdout
+    for title in ("Accuracy (test/acc)", "Macro-F1 (test/f1_macro)", "Balanced accuracy (test/acc_balanced)"):
+        assert f"{title}, ckpt_path x data:" in report
+    assert "| ckpt_path | trained on | fer2013 | ferplus | rafdb | affectnet |" in report
+    assert "FERPlus, 8 classes" in report and "MMAFEDB, 7 classes" in report
+    assert f"{checkpoint.name} on ferplus: left out contempt (only the data)" in report
+    accuracy = report.split("Accuracy (test/acc)")[1].split("\n\n")[1].splitlines()
+    assert len(accuracy) == 4 and all(line.count("0.") >= 4 or "1.0000" in line for line in accuracy[2:])
+
+
+def torch_load(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
