@@ -252,3 +252,31 @@ def make_affectnet(
         start += len(rows)
         write_affectnet_csv(root / LISTS_DIR / file, rows)
     return root
+
+
+# FER2013 as published: 35,887 rows; Training / PublicTest / PrivateTest and the class frequencies of train
+FER2013_USAGE_ROWS = {"Training": 28_709, "PublicTest": 3_589, "PrivateTest": 3_589}
+FER2013_CLASS_SHARE = {
+    "angry": 0.138, "disgust": 0.015, "fear": 0.143, "happy": 0.251, "sad": 0.169, "surprise": 0.112,
+    "neutral": 0.172,
+}  # fmt: skip
+
+
+def make_fer2013_full_size(root: str | Path, seed: int = 0, distinct: int = 1024) -> Path:
+    """``<root>/fer2013.csv`` with FER2013's 35,887 rows, split sizes and class frequencies: ``distinct``
+    drawn faces, each row one of them with its own pixel noise (what packing and the audit are timed on)."""
+    rng = np.random.default_rng(seed)
+    names = list(FER2013_CLASS_SHARE)
+    shares = np.array(list(FER2013_CLASS_SHARE.values()))
+    faces = {
+        name: [np.asarray(drawn(name, rng), dtype=np.int16) for _ in range(distinct // 7 + 1)]
+        for name in names
+    }
+    rows = []
+    for usage, count in FER2013_USAGE_ROWS.items():
+        for label in rng.choice(len(names), size=count, p=shares / shares.sum()):
+            name = names[label]
+            base = faces[name][int(rng.integers(len(faces[name])))]
+            noisy = np.clip(base + rng.integers(-3, 4, size=base.shape), 0, 255).astype(np.uint8)
+            rows.append((FER2013_CODE[name], noisy, usage))
+    return write_fer2013_csv(Path(root) / FER2013_FILE, rows).parent
