@@ -342,3 +342,18 @@ def torch_load(path: Path) -> dict:
     import torch
 
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_the_fer2013_packing_bench_row_reads_and_packs_every_row(tmp_path, monkeypatch):
+    import torch
+
+    import fer.bench.tables as tables
+    from fer.bench.harness import BenchContext
+
+    monkeypatch.setenv("FER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(tables, "USAGE_ROWS", {"Training": 30, "PublicTest": 10, "PrivateTest": 10})
+    ctx = BenchContext(data_dir=tmp_path / "data" / "bench", device=torch.device("cpu"), images=1, seconds=1)
+    measurement = tables.fer_pack_fer2013(ctx)
+    assert measurement.images == 50 and measurement.seconds > 0
+    assert "reading and parsing the CSV" in measurement.notes
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["bench-fer2013"]  # the scratch packs are gone

@@ -15,20 +15,22 @@ from fer.data.sources import FER2013
 from fer.files import building_folder
 
 FER2013_KEY_FILE = "bench.json"
-FER2013_KEY = {"format": 1, "rows": sum(FER2013_USAGE_ROWS.values()), "seed": 0}
+USAGE_ROWS = dict(FER2013_USAGE_ROWS)  # rows per Usage value of the generated table
+SEED = 0
 
 
-def fer2013_csv_dir(data_dir: Path | None = None) -> Path:
+def fer2013_csv_dir() -> Path:
     """A FER2013-size ``fer2013.csv`` (305 MB) under ``data/bench-fer2013``, generated once and reused."""
-    folder = (data_dir or default_data_dir().parent) / "bench-fer2013"
+    folder = default_data_dir().parent / "bench-fer2013"
+    key = {"format": 1, "rows": USAGE_ROWS, "seed": SEED}
     key_file = folder / FER2013_KEY_FILE
-    if key_file.is_file() and json.loads(key_file.read_text()) == FER2013_KEY:
+    if key_file.is_file() and json.loads(key_file.read_text()) == key:
         return folder
-    print_progress(f"generating {FER2013_KEY['rows']:,} FER2013 rows in {folder} (once) ...")
+    print_progress(f"generating {sum(USAGE_ROWS.values()):,} FER2013 rows in {folder} (once) ...")
     fix = "Remove that folder or set FER_DATA_DIR to another data folder."
     with building_folder(folder, FER2013_KEY_FILE, "generated FER2013 table", fix) as tmp:
-        make_fer2013_full_size(tmp, seed=FER2013_KEY["seed"])
-        (tmp / FER2013_KEY_FILE).write_text(json.dumps(FER2013_KEY) + "\n")
+        make_fer2013_full_size(tmp, seed=SEED, usage_rows=USAGE_ROWS)
+        (tmp / FER2013_KEY_FILE).write_text(json.dumps(key) + "\n")
     return folder
 
 

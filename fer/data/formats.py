@@ -262,9 +262,11 @@ FER2013_CLASS_SHARE = {
 }  # fmt: skip
 
 
-def make_fer2013_full_size(root: str | Path, seed: int = 0, distinct: int = 1024) -> Path:
-    """``<root>/fer2013.csv`` with FER2013's 35,887 rows, split sizes and class frequencies: ``distinct``
-    drawn faces, each row one of them with its own pixel noise (what packing and the audit are timed on)."""
+def make_fer2013_full_size(
+    root: str | Path, seed: int = 0, distinct: int = 1024, usage_rows: Mapping[str, int] = FER2013_USAGE_ROWS
+) -> Path:
+    """``<root>/fer2013.csv`` with FER2013's 35,887 rows (``usage_rows``), split sizes and class frequencies:
+    ``distinct`` drawn faces, each row one of them with its own pixel noise (what packing is timed on)."""
     rng = np.random.default_rng(seed)
     names = list(FER2013_CLASS_SHARE)
     shares = np.array(list(FER2013_CLASS_SHARE.values()))
@@ -273,7 +275,7 @@ def make_fer2013_full_size(root: str | Path, seed: int = 0, distinct: int = 1024
         for name in names
     }
     rows = []
-    for usage, count in FER2013_USAGE_ROWS.items():
+    for usage, count in usage_rows.items():
         for label in rng.choice(len(names), size=count, p=shares / shares.sum()):
             name = names[label]
             base = faces[name][int(rng.integers(len(faces[name])))]
