@@ -23,11 +23,19 @@ FOLDERS = {"fer2013": "FER2013", "ferplus": "FERPlus", "rafdb": "RAF-DB", "affec
 def published(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The four data sets in their default folders under one data folder (what FER_DATA_DIR points at)."""
     root = tmp_path_factory.mktemp("published")
-    formats.make_fer2013(root / "FER2013")
-    formats.make_ferplus(root / "FERPlus")
-    formats.make_rafdb(root / "RAF-DB")
-    formats.make_affectnet(root / "AffectNet")
+    assert formats.write_samples(root) == [root / folder for folder in FOLDERS.values()]
     return root
+
+
+def test_sample_files_cli_writes_each_data_set_and_never_replaces_a_users_folder(tmp_path, capsys):
+    assert formats.main([str(tmp_path), "--data", "rafdb"]) == 0
+    assert formats.main([str(tmp_path), "--data", "rafdb"]) == 0  # its own folder: written again
+    assert (tmp_path / "RAF-DB/basic/EmoLabel/list_patition_label.txt").is_file()
+    (tmp_path / "FER2013").mkdir()
+    (tmp_path / "FER2013" / "mine.csv").write_text("keep me")
+    assert formats.main([str(tmp_path), "--data", "fer2013"]) == 2
+    assert "fer will not write sample fer2013 files into it" in capsys.readouterr().err
+    assert (tmp_path / "FER2013" / "mine.csv").read_text() == "keep me"
 
 
 def counts(source) -> dict[str, list[int]]:

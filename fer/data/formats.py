@@ -7,8 +7,10 @@ write a whole data set folder (the ``data.data_dir`` of its ``conf/data`` option
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,9 @@ from fer.data.sources.fer2013 import FER2013_CODES, FER2013_FILE, USAGE_SPLITS
 from fer.data.sources.ferplus import FERPLUS_FILE, VOTE_CLASSES, VOTE_COLUMNS
 from fer.data.sources.rafdb import IMAGE_DIR, LABEL_FILE, RAFDB_CODES, aligned_name
 from fer.data.synthetic import draw_face
+from fer.errors import FERError
+from fer.files import building_folder
+from fer.run.cli import command
 
 SPLIT_USAGE = {split: usage for usage, split in USAGE_SPLITS.items()}
 FER2013_CODE = {name: code for code, name in FER2013_CODES.items()}
@@ -282,3 +287,54 @@ def make_fer2013_full_size(
             noisy = np.clip(base + rng.integers(-3, 4, size=base.shape), 0, 255).astype(np.uint8)
             rows.append((FER2013_CODE[name], noisy, usage))
     return write_fer2013_csv(Path(root) / FER2013_FILE, rows).parent
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+MARKER = "formats.json"  # in each written folder: what wrote it (fer replaces only folders holding it)
+MAKERS = {"fer2013": make_fer2013, "ferplus": make_ferplus, "rafdb": make_rafdb, "affectnet": make_affectnet}
+# each data set's default folder under the data folder (as in conf/data/<name>.yaml)
+FOLDERS = {"fer2013": "FER2013", "ferplus": "FERPlus", "rafdb": "RAF-DB", "affectnet": "AffectNet"}
+
+
+def write_samples(out: str | Path, names: Sequence[str] = tuple(MAKERS), seed: int = 0) -> list[Path]:
+    """Small copies of the data sets ``names`` in their published formats, each in its default folder under
+    ``out`` (``FER_DATA_DIR=<out>`` then finds them); a folder fer did not write is never replaced."""
+    written = []
+    for name in names:
+        target = Path(out) / FOLDERS[name]
+        fix = f"Choose another folder for the samples than {Path(out)}."
+        with building_folder(target, MARKER, f"sample {name} files", fix) as tmp:
+            MAKERS[name](tmp, seed=seed)
+            (tmp / MARKER).write_text(json.dumps({"written_by": "fer.data.formats", "data": name}) + "\n")
+        written.append(target)
+    return written
+
+
+@command
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fer.data.formats OUT``: tiny FER2013, FER+, RAF-DB and AffectNet folders with drawn faces."""
+    parser = argparse.ArgumentParser(
+        prog="python -m fer.data.formats",
+        description="Write tiny copies of FER2013, FER+, RAF-DB and AffectNet in their published formats "
+        "(drawn faces) under OUT, to try data=<name> offline with FER_DATA_DIR=OUT.",
+    )
+    parser.add_argument(
+        "out", type=Path, help="the data folder that receives FER2013/, FERPlus/, RAF-DB/, AffectNet/"
+    )
+    parser.add_argument(
+        "--data", default=",".join(MAKERS), help="comma-separated data sets (default: %(default)s)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.data.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MAKERS]
+    if unknown or not names:
+        raise FERError(f"--data {args.data!r}: choose among {', '.join(MAKERS)}")
+    for folder in write_samples(args.out, names, args.seed):
+        print(f"wrote {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
