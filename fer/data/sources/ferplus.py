@@ -100,17 +100,15 @@ class FERPlus(DataSource):
             elif not row["Image name"].strip():  # an empty name marks a row that is not a face
                 not_faces += 1
             else:
+                problem = None
+                split = USAGE_SPLITS.get(row["Usage"].strip())
                 try:
                     counts[:] = [float(row[column]) for column in VOTE_COLUMNS]
-                    split = USAGE_SPLITS.get(row["Usage"].strip())
-                    problem = (
-                        None
-                        if split is not None
-                        else f"Usage {row['Usage']!r} is none of {list(USAGE_SPLITS)}"
-                    )
                 except ValueError:
                     problem = "a vote count is not a number"
-                if problem is None and counts.min() < 0:
+                if split is None:
+                    problem = f"Usage {row['Usage']!r} is none of {list(USAGE_SPLITS)}"
+                elif problem is None and counts.min() < 0:
                     problem = "a negative vote count"
                 if problem is not None:
                     bad.add(line, problem)
