@@ -13,6 +13,7 @@ import csv
 import fnmatch
 import json
 import math
+import os
 import re
 import statistics
 import sys
@@ -30,6 +31,12 @@ from fer.run.cli import command
 
 DEFAULT_METRICS = ("test/acc", "test/f1_macro", "val/acc_best")
 DEFAULT_OPTIMIZED_METRIC = "val/acc_best"
+DEFAULT_MATRIX = ("ckpt_path", "data")
+MATRIX_METRICS = {
+    "test/acc": "Accuracy",
+    "test/f1_macro": "Macro-F1",
+    "test/acc_balanced": "Balanced accuracy",
+}
 OK, OK_EVENTS, FAILED = "ok", "ok (events)", "failed"
 DIGITS = 4
 _ERROR_LINE = re.compile(r"\]\[ERROR\] - (.*)$")
@@ -211,6 +218,13 @@ def load_sweep(folder: str | Path) -> Sweep:
 
 
 # -------------------------------------------------------------------------------------------- tables
+
+
+def default_metrics(jobs: list[Job]) -> list[str]:
+    """The default metrics the runs logged (an evaluation sweep has no ``val/acc_best``); all of them when
+    no run finished."""
+    logged = {name for job in jobs if job.ok for name in job.metrics}
+    return [m for m in DEFAULT_METRICS if m in logged] if logged else list(DEFAULT_METRICS)
 
 
 def select_metrics(jobs: list[Job], requested: Sequence[str]) -> list[str]:
@@ -396,6 +410,79 @@ def render(sweep: Sweep, metrics: list[str], keys: list[str] | None) -> str:
     return "\n".join(parts) + "\n"
 
 
+def matrix_axes(sweep: Sweep, given: str | None) -> tuple[str, str] | None:
+    """The (rows, columns) keys of the matrix tables: ``--matrix`` as given, else ``ckpt_path,data`` when
+    the sweep varied both (``fer.eval -m ckpt_path=A,B data=...``), else none."""
+    if given is None:
+        return DEFAULT_MATRIX if set(DEFAULT_MATRIX) <= set(sweep.swept) else None
+    keys = [k.strip() for k in given.split(",") if k.strip()]
+    if len(keys) != 2 or keys[0] == keys[1] or not set(keys) <= set(sweep.swept):
+        raise FERError(
+            f"--matrix {given!r}: give two different swept keys, rows then columns; swept: "
+            f"{', '.join(sweep.swept) or 'none'}"
+        )
+    return keys[0], keys[1]
+
+
+def _row_labels(values: list[str], key: str) -> dict[str, str]:
+    """Checkpoint paths without the folders they all share (the rest tells them apart); others as they are."""
+    if key != "ckpt_path" or len(values) < 2:
+        return {value: value for value in values}
+    common = os.path.commonpath(values)
+    return {value: os.path.relpath(value, common) for value in values}
+
+
+def _evaluated(job: Job) -> dict[str, Any]:
+    """What ``fer.eval`` recorded in the job's ``metrics.json`` besides the metrics (model, classes)."""
+    recorded = _read_json(job.folder / "metrics.json")
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def render_matrices(sweep: Sweep, rows_key: str, columns_key: str) -> str:
+    """One table per metric of :data:`MATRIX_METRICS`: a row per value of ``rows_key`` (e.g. a model), a
+    column per value of ``columns_key`` (e.g. a test set); means over the jobs of a cell, ``failed`` for a
+    cell whose jobs all failed, and the classes each cell left out."""
+    rows = list(dict.fromkeys(job.overrides.get(rows_key, "(default)") for job in sweep.jobs))
+    columns = list(dict.fromkeys(job.overrides.get(columns_key, "(default)") for job in sweep.jobs))
+    cells: dict[tuple[str, str], list[Job]] = {}
+    for job in sweep.jobs:
+        cells.setdefault(
+            (job.overrides.get(rows_key, "(default)"), job.overrides.get(columns_key, "(default)")), []
+        ).append(job)
+    labels = _row_labels(rows, rows_key)
+    trained_on = {}
+    for row in rows:
+        models = [_evaluated(job).get("model") for (r, _), jobs in cells.items() if r == row for job in jobs]
+        model = next((m for m in models if isinstance(m, dict)), None)
+        if model:
+            trained_on[row] = f"{model.get('trained_on') or '?'}, {len(model.get('classes') or [])} classes"
+    parts = []
+    for metric, title in MATRIX_METRICS.items():
+        header = [rows_key, *(["trained on"] if trained_on else []), *columns]
+        table = []
+        for row in rows:
+            cells_text = []
+            for column in columns:
+                jobs = cells.get((row, column), [])
+                values = [job.metrics[metric] for job in jobs if job.ok and metric in job.metrics]
+                if values:
+                    cells_text.append(format_number(statistics.fmean(values)))
+                else:
+                    cells_text.append("failed" if jobs and not any(job.ok for job in jobs) else "–")
+            table.append([labels[row], *([trained_on.get(row, "")] if trained_on else []), *cells_text])
+        parts += [f"{title} ({metric}), {rows_key} x {columns_key}:", "", markdown_table(header, table), ""]
+    notes = []
+    for (row, column), jobs in cells.items():
+        classes = next((c for job in jobs if isinstance(c := _evaluated(job).get("classes"), dict)), {})
+        left_out = [f"{n} (only the model)" for n in classes.get("model_only", [])]
+        left_out += [f"{n} (only the data)" for n in classes.get("data_only", [])]
+        if left_out:
+            notes.append(f"- {labels[row]} on {column}: left out {', '.join(left_out)}")
+    if notes:
+        parts += ["Classes matched by name; the metrics cover the shared classes:", *notes, ""]
+    return "\n".join(parts)
+
+
 def provenance(jobs: list[Job]) -> str:
     """When, with which code and on what the runs were made, from their run records (``run_info.json``)."""
     records = [
@@ -443,8 +530,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("folder", type=Path, help="a multirun folder (grid or Optuna) or one run folder")
     parser.add_argument(
         "--metrics",
-        default=",".join(DEFAULT_METRICS),
-        help="comma-separated metric names or glob patterns (default: %(default)s; e.g. 'test/recall/*')",
+        help=f"comma-separated metric names or glob patterns (default: those of {','.join(DEFAULT_METRICS)} "
+        "the runs logged; e.g. 'test/recall/*')",
     )
     grouping = parser.add_mutually_exclusive_group()
     grouping.add_argument(
@@ -454,6 +541,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--over",
         metavar="KEY[,KEY]",
         help="mean ± std over these keys (e.g. seed): group by every other swept key",
+    )
+    parser.add_argument(
+        "--matrix",
+        metavar="ROWS,COLUMNS",
+        help="also tables of test accuracy, macro-F1 and balanced accuracy with one swept key as rows and "
+        "another as columns (default for an evaluation sweep over ckpt_path and data: ckpt_path,data)",
     )
     parser.add_argument(
         "--csv", type=Path, metavar="FILE", help="also write the table (grouped if asked) as CSV"
@@ -469,11 +562,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.csv is not None:
         check_output_file(args.csv, args.overwrite, "--csv")
     sweep = load_sweep(args.folder)
-    metrics = select_metrics(sweep.jobs, [m.strip() for m in args.metrics.split(",") if m.strip()])
+    if args.metrics is None:
+        metrics = default_metrics(sweep.jobs)
+    else:
+        metrics = select_metrics(sweep.jobs, [m.strip() for m in args.metrics.split(",") if m.strip()])
     if not metrics:
         raise FERError("--metrics: give at least one metric name")
     keys = group_keys(sweep, args.group_by, args.over)
+    axes = matrix_axes(sweep, args.matrix)
     print(render(sweep, metrics, keys), end="")
+    if axes is not None:
+        print("\n" + render_matrices(sweep, *axes), end="")
     if args.csv is not None:
         if keys is None:
             rows = job_csv_rows(sweep, metrics)

@@ -222,7 +222,7 @@ def test_cfg_job_prints_a_readable_config_and_help_lists_groups(outputs):
     for line in (
         "freeze: backbone, gradual, last_layer, none, partial",
         "trainer: cpu, ddp, ddp_sim, default, gpu, mps",
-        "experiment: finetune, quickstart, seed",
+        "experiment: affectnet, fer2013, ferplus, finetune, quickstart, rafdb, seed",
     ):
         assert line in help_text
 

@@ -14,6 +14,7 @@ import torch
 
 import fer.bench.inference
 import fer.bench.serving
+import fer.bench.tables
 import fer.bench.training  # noqa: F401  (registers the rows)
 from fer.bench.data import default_data_dir, default_out_file, ensure_jpeg_tree
 from fer.bench.harness import (

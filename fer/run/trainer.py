@@ -177,9 +177,12 @@ def finish_loggers(trainer: Trainer) -> None:
             logger.experiment.finish()
 
 
-def write_metrics_file(run_dir: Path, metrics: Mapping[str, float], best_checkpoint: str | None) -> Path:
-    """The run's final metrics as JSON in its folder (what ``fer.report`` and scripts read)."""
-    payload = {"metrics": dict(metrics), "best_checkpoint": best_checkpoint}
+def write_metrics_file(
+    run_dir: Path, metrics: Mapping[str, float], best_checkpoint: str | None, **extra: Any
+) -> Path:
+    """The run's final metrics as JSON in its folder (what ``fer.report`` and scripts read), and ``extra``
+    entries (``fer.eval``: which classes were evaluated)."""
+    payload = {"metrics": dict(metrics), "best_checkpoint": best_checkpoint, **extra}
     return atomic_write_text(
         run_dir / METRICS_FILE, json.dumps(payload, indent=2, sort_keys=True) + "\n", "metrics"
     )
