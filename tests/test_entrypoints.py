@@ -20,6 +20,8 @@ CONTRACT_SCALARS = [
     "train/loss", "train/acc", "val/loss", "val/acc", "val/f1_macro", "val/acc_balanced", "val/acc_best",
     "test/loss", "test/acc", "test/f1_macro", "test/acc_balanced", "val/recall/disgust", "test/recall/happy",
     "lr-AdamW", "model/trainable_params",
+    "val/ece", "val/nll", "val/brier", "test/ece", "test/nll", "test/brier",
+    "test/acc_ci_low", "test/acc_ci_high", "test/f1_macro_ci_low", "test/acc_balanced_ci_high",
 ]  # fmt: skip
 
 
@@ -39,10 +41,19 @@ def test_train_writes_checkpoints_config_and_tensorboard_scalars(trained):
     saved = json.loads((trained / "metrics.json").read_text())
     assert saved["metrics"]["test/acc"] == pytest.approx(last_scalar(trained, "test/acc"), abs=1e-6)
     assert saved["best_checkpoint"].endswith(".ckpt")
+    found = saved["metrics"]
+    assert found["test/acc_ci_low"] <= found["test/acc"] <= found["test/acc_ci_high"]
+    assert 0 <= found["test/ece"] <= 1 and found["test/nll"] > 0 and 0 <= found["test/brier"] <= 2
     accumulator = events(trained)
     scalars = set(accumulator.Tags()["scalars"])
     assert set(CONTRACT_SCALARS) <= scalars, set(CONTRACT_SCALARS) - scalars
-    assert {"val/confusion_matrix", "test/confusion_matrix", "val/predictions"} <= set(
+    assert {
+        "val/confusion_matrix",
+        "test/confusion_matrix",
+        "val/predictions",
+        "val/reliability",
+        "test/reliability",
+    } <= set(  # fmt: skip
         accumulator.Tags()["images"]
     )
     assert len(accumulator.Images("val/predictions")) == 2  # one grid per epoch

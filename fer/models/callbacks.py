@@ -9,7 +9,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from fer.errors import NonFiniteLossError
-from fer.models.plots import confusion_matrix_figure, image_grid_figure
+from fer.models.plots import confusion_matrix_figure, image_grid_figure, reliability_figure
 
 
 def _tensorboards(trainer: Trainer) -> list[TensorBoardLogger]:
@@ -29,6 +29,28 @@ class ConfusionMatrixFigure(Callback):
             figure = confusion_matrix_figure(matrix, module.class_names)
             logger.experiment.add_figure(
                 f"{stage}/confusion_matrix", figure, global_step=trainer.global_step, close=True
+            )
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._log(trainer, pl_module, "val")
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._log(trainer, pl_module, "test")
+
+
+class ReliabilityDiagram(Callback):
+    """The reliability diagram (accuracy against confidence) of every validation epoch and of the test."""
+
+    def _log(self, trainer: Trainer, module: LightningModule, stage: str) -> None:
+        bins = getattr(module, "reliability", {}).get(stage)
+        if bins is None or trainer.sanity_checking:
+            return
+        for logger in _tensorboards(trainer):
+            figure = reliability_figure(
+                bins["bin_confidence"], bins["bin_accuracy"], bins["bin_count"], f"{stage} reliability"
+            )
+            logger.experiment.add_figure(
+                f"{stage}/reliability", figure, global_step=trainer.global_step, close=True
             )
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
