@@ -2,8 +2,9 @@
 
 The exported graph is the checkpoint's network in eval mode: normalized images ``(B, 3, S, S)`` float32 in,
 logits ``(B, C)`` out, any batch size. Preprocessing is not in the graph; the file records what it needs
-(class names, image size, grayscale, mean/std: ONNX ``metadata_props``, TorchScript extra file
-``fer.json``), so that ``fer.predict`` and other programs can reproduce the training-time input exactly.
+(class names, image size, grayscale, mean/std, and the softmax temperature of a calibrated checkpoint:
+ONNX ``metadata_props``, TorchScript extra file ``fer.json``), so that ``fer.predict`` and other programs
+reproduce the training-time input and probabilities exactly.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from fer.errors import CheckpointError, FERError
 from fer.files import check_output_file
-from fer.infer.metadata import ModelInfo, parse_model_info
+from fer.infer.metadata import TEMPERATURE_KEY, ModelInfo, parse_model_info
 from fer.models import FERModule
 from fer.run.checkpoints import load_module
 from fer.run.cli import command
@@ -53,6 +54,7 @@ def export_metadata(module: FERModule, image_size: int | None = None) -> dict[st
         "backbone": json.dumps(module.hparams.get("backbone")),
         "input": json.dumps(INPUT_NAME),
         "output": json.dumps(OUTPUT_NAME),
+        TEMPERATURE_KEY: json.dumps(module.temperature),
     }
 
 
