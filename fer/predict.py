@@ -37,6 +37,7 @@ from fer.infer.detectors import DETECTORS, Box, Detector, build_detector
 from fer.infer.faces import DEFAULT_MARGIN, face_crop
 from fer.infer.models import load_classifier
 from fer.infer.pipeline import FaceAnalyzer, classify
+from fer.infer.tta import TTA_MODES, with_tta
 from fer.infer.video import (
     VIDEO_SUFFIXES,
     FrameSource,
@@ -444,6 +445,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--batch-size", type=int, default=64, help="images or faces per forward pass (default 64)"
     )
     parser.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda when available")
+    parser.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        default="none",
+        help="average the logits over test-time views: flip (mirror image), flip_crops (and 4 corner crops "
+        "of each); default none",
+    )
     faces = parser.add_argument_group("faces")
     faces.add_argument(
         "--faces", action="store_true", help="find the faces in photos and classify each, with its box"
@@ -541,7 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.show:
         _check_live_window()
     faces = args.faces or args.detector is not None or args.detector_model is not None or streams > 0
-    classifier = load_classifier(args.model, args.device)
+    classifier = with_tta(load_classifier(args.model, args.device), args.tta)
     detector = (
         build_detector(args.detector or "haar", args.detector_model, args.detect_size) if faces else None
     )

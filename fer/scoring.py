@@ -114,9 +114,10 @@ def ensemble_probabilities(members: Sequence[SplitLogits]) -> np.ndarray:
 def print_score_table(title: str, rows: Mapping[str, Mapping[str, float]], notes: Mapping[str, str]) -> None:
     """One row per model (or view), a column per score; intervals beside the metrics that have them."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=escape(title), title_justify="left")
     table.add_column("model")
     for name in SCORE_NAMES:
         table.add_column(name, justify="right")
@@ -127,8 +128,8 @@ def print_score_table(title: str, rows: Mapping[str, Mapping[str, float]], notes
             if f"{name}_ci_low" in found:
                 cell += f" [{found[f'{name}_ci_low']:.3f}, {found[f'{name}_ci_high']:.3f}]"
             cells.append(cell)
-        table.add_row(label, *cells)
+        table.add_row(escape(label), *map(escape, cells))
     console = Console(width=200)
     console.print(table)
     for key, value in notes.items():
-        console.print(f"{key}: {value}", soft_wrap=True)
+        console.print(escape(f"{key}: {value}"), soft_wrap=True)
