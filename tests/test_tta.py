@@ -79,3 +79,20 @@ def test_predict_tta_flip_in_the_onnx_path_averages_the_logits_of_image_and_mirr
     expected = softmax((plain.logits(x) + plain.logits(x[..., ::-1].copy())) / 2)[0]
     written = [float(v) for v in out.read_text().splitlines()[1].split(",")[2:]]
     assert written == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_an_ensemble_exports_as_one_onnx_graph_of_the_mean_of_its_members_probabilities(module, tmp_path):
+    import copy
+
+    from fer.export import export_onnx, read_onnx_metadata
+    from fer.infer.models import load_classifier
+
+    warm = copy.deepcopy(module)
+    warm.hparams["temperature"] = 2.0  # a calibrated member: its own temperature applies inside the graph
+    path = export_onnx([module, warm], tmp_path / "ensemble.onnx")
+    assert read_onnx_metadata(path).temperature == 1.0
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        logits = module.model.eval()(torch.from_numpy(x)).numpy()
+    expected = (softmax(logits) + softmax(logits, 2.0)) / 2
+    assert np.allclose(load_classifier(path, "cpu").probabilities(x), expected, atol=1e-5)
