@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import assert_clean_error, fer_main
 
 from fer.models import FERModule
 from fer.models.gradcam import grad_cam, overlays
@@ -58,3 +59,31 @@ def test_grad_cam_of_a_mouth_trained_model_puts_its_mass_on_the_mouth():
     assert maps.shape == (64, SIZE, SIZE) and float(maps.min()) >= 0 and float(maps.max()) <= 1
     drawn = overlays(test_images[:2], maps[:2], module.preprocessing.mean, module.preprocessing.std)
     assert drawn.shape == (2, 3, SIZE, SIZE) and float(drawn.min()) >= 0 and float(drawn.max()) <= 1
+
+
+def test_predict_explain_writes_one_overlay_per_image_and_keeps_what_is_there(
+    checkpoint, tiny_data, tmp_path
+):
+    from PIL import Image
+
+    from fer.predict import main
+
+    images = [str(next((tiny_data / "test" / name).iterdir())) for name in ("happy", "sad")]
+    folder = tmp_path / "maps"
+    assert main([str(checkpoint), *images, "--explain", str(folder)]) == 0
+    written = sorted(p.name for p in folder.iterdir())
+    assert len(written) == 2 and written[0].startswith("0001_") and written[1].startswith("0002_")
+    assert Image.open(folder / written[0]).size == (4 * 32, 4 * 32)  # the 32 px model input, enlarged
+    assert_clean_error(
+        fer_main("fer.predict", str(checkpoint), *images, "--explain", str(folder), outputs=tmp_path),
+        "already holds files",
+    )
+    onnx = tmp_path / "tiny.onnx"
+    onnx.write_bytes(b"")
+    from fer.export import export
+
+    export(checkpoint, "onnx", onnx, overwrite=True)
+    assert_clean_error(
+        fer_main("fer.predict", str(onnx), *images, "--explain", str(tmp_path / "new"), outputs=tmp_path),
+        "needs the checkpoint (.ckpt)",
+    )
