@@ -47,7 +47,13 @@ def test_train_writes_checkpoints_config_and_tensorboard_scalars(trained):
     accumulator = events(trained)
     scalars = set(accumulator.Tags()["scalars"])
     assert set(CONTRACT_SCALARS) <= scalars, set(CONTRACT_SCALARS) - scalars
-    images = {"val/confusion_matrix", "test/confusion_matrix", "val/predictions", "val/reliability"}
+    images = {
+        "val/confusion_matrix",
+        "test/confusion_matrix",
+        "val/predictions",
+        "val/reliability",
+        "val/gradcam",
+    }
     assert images | {"test/reliability"} <= set(accumulator.Tags()["images"])
     assert len(accumulator.Images("val/predictions")) == 2  # one grid per epoch
     assert len(accumulator.Scalars("val/acc")) == 2  # one per epoch, the sanity check not counted
