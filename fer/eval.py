@@ -31,7 +31,7 @@ from fer.run.checkpoints import check_checkpoint_path, load_module, recorded_dat
 from fer.run.cli import hydra_command, user_errors
 from fer.run.config import CONFIG_DIR, plain, register_resolvers
 from fer.run.process import prepare_process
-from fer.run.trainer import build_trainer, print_metrics_table, scalar_metrics
+from fer.run.trainer import build_trainer, print_metrics_table, scalar_metrics, write_metrics_file
 from fer.scoring import check_same_classes, ensemble_probabilities, print_score_table, score, split_logits
 
 log = logging.getLogger("fer.eval")
@@ -170,7 +170,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 def run(cfg: DictConfig) -> dict[str, float]:
     with user_errors():
         prepare_process()
-        return evaluate(cfg)
+        metrics = evaluate(cfg)
+        write_metrics_file(Path(cfg.paths.output_dir), metrics, None)
+        return metrics
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")

@@ -71,6 +71,9 @@ def test_best_checkpoint_is_tested_and_eval_reproduces_it(trained, tmp_path):
     )
     assert "test/acc" in result.stdout
     (eval_run,) = run_dirs(outputs, "eval")
+    saved = json.loads((eval_run / "metrics.json").read_text())["metrics"]
+    assert saved["test/acc_ci_low"] <= saved["test/acc"] <= saved["test/acc_ci_high"]
+    assert "95% CI (bootstrap)" in result.stdout
     for tag in ("test/acc", "test/f1_macro", "test/acc_balanced", "test/loss"):
         assert last_scalar(eval_run, tag) == pytest.approx(last_scalar(trained, tag), abs=1e-4), tag
     valid = check(fer_main("fer.eval", f"ckpt_path={best[0]}", "split=valid", outputs=outputs))
