@@ -2,8 +2,9 @@
 
 The exported graph is the checkpoint's network in eval mode: normalized images ``(B, 3, S, S)`` float32 in,
 logits ``(B, C)`` out, any batch size. Preprocessing is not in the graph; the file records what it needs
-(class names, image size, grayscale, mean/std: ONNX ``metadata_props``, TorchScript extra file
-``fer.json``), so that ``fer.predict`` and other programs can reproduce the training-time input exactly.
+(class names, image size, grayscale, mean/std, and the softmax temperature of a calibrated checkpoint:
+ONNX ``metadata_props``, TorchScript extra file ``fer.json``), so that ``fer.predict`` and other programs
+reproduce the training-time input and probabilities exactly.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from fer.errors import CheckpointError, FERError
 from fer.files import check_output_file
-from fer.infer.metadata import ModelInfo, parse_model_info
+from fer.infer.metadata import TEMPERATURE_KEY, ModelInfo, parse_model_info
 from fer.models import FERModule
 from fer.run.checkpoints import load_module
 from fer.run.cli import command
@@ -53,7 +54,45 @@ def export_metadata(module: FERModule, image_size: int | None = None) -> dict[st
         "backbone": json.dumps(module.hparams.get("backbone")),
         "input": json.dumps(INPUT_NAME),
         "output": json.dumps(OUTPUT_NAME),
+        TEMPERATURE_KEY: json.dumps(module.temperature),
     }
+
+
+class EnsembleNetwork(torch.nn.Module):
+    """Members sharing classes and preprocessing as one network: its output is the log of the mean of the
+    members' probabilities (each member's logits divided by its own temperature), so that the softmax of
+    the output, as every consumer of an export computes it, is the ensemble's probabilities."""
+
+    def __init__(self, networks: Sequence[torch.nn.Module], temperatures: Sequence[float]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(networks)
+        self.register_buffer("temperatures", torch.tensor([float(t) for t in temperatures]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probabilities = [
+            (member(x) / self.temperatures[i]).softmax(dim=1) for i, member in enumerate(self.members)
+        ]
+        return torch.stack(probabilities).mean(dim=0).clamp_min(1e-12).log()
+
+
+def _exported(models: FERModule | Sequence[FERModule], image_size: int | None = None):
+    """(first module, network, metadata) of one model or of an ensemble of models."""
+    members = [models] if isinstance(models, FERModule) else list(models)
+    first = members[0]
+    for other in members[1:]:
+        if tuple(other.class_names) != tuple(first.class_names) or other.preprocessing != first.preprocessing:
+            raise FERError(
+                "an ensemble's checkpoints need the same class names and preprocessing (image size, "
+                f"grayscale, mean/std): {list(other.class_names)} {other.preprocessing} differs from "
+                f"{list(first.class_names)} {first.preprocessing}"
+            )
+    metadata = export_metadata(first, image_size)
+    if len(members) == 1:
+        return first, _network(first), metadata
+    network = EnsembleNetwork([_network(m) for m in members], [m.temperature for m in members]).eval()
+    metadata[TEMPERATURE_KEY] = json.dumps(1.0)  # applied inside the graph, member by member
+    metadata["ensemble"] = json.dumps([m.hparams.get("backbone") for m in members])
+    return first, network, metadata
 
 
 def read_onnx_metadata(path: str | Path) -> ModelInfo:
@@ -77,8 +116,11 @@ def _example_input(module: FERModule, image_size: int | None, batch: int = 2) ->
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
-def export_onnx(module: FERModule, out: str | Path, image_size: int | None = None) -> Path:
-    """Write the eval-mode network as ONNX with a dynamic batch axis and fer's metadata.
+def export_onnx(
+    module: FERModule | Sequence[FERModule], out: str | Path, image_size: int | None = None
+) -> Path:
+    """Write the eval-mode network (or an ensemble of them, as one graph) as ONNX with a dynamic batch axis
+    and fer's metadata.
 
     ``image_size`` (default: the checkpoint's) fixes the graph's input side; the metadata records it.
     """
@@ -86,7 +128,7 @@ def export_onnx(module: FERModule, out: str | Path, image_size: int | None = Non
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    network = _network(module)
+    module, network, metadata = _exported(module, image_size)
     # The TorchScript-based exporter (dynamo=False), not torch 2.9+'s default torch.export-based one: it
     # needs no onnxscript, exports MobileNetV3 in under a second (the dynamo path took ~19 s on 2 busy cores),
     # writes one self-contained file, and has had the same arguments from torch 2.2 (before `dynamo`
@@ -108,24 +150,23 @@ def export_onnx(module: FERModule, out: str | Path, image_size: int | None = Non
             **legacy,
         )
     model = onnx.load(str(out))
-    onnx.helper.set_model_props(model, export_metadata(module, image_size))
+    onnx.helper.set_model_props(model, metadata)
     model.doc_string = "fer expression classifier: normalized images (B, 3, S, S) -> logits (B, C)"
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
     return out
 
 
-def export_torchscript(module: FERModule, out: str | Path) -> Path:
-    """Write the eval-mode network traced as TorchScript, fer's metadata in its extra file ``fer.json``."""
+def export_torchscript(module: FERModule | Sequence[FERModule], out: str | Path) -> Path:
+    """Write the eval-mode network (or an ensemble as one network) traced as TorchScript, fer's metadata in
+    its extra file ``fer.json``."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    network = _network(module)
+    module, network, metadata = _exported(module)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.filterwarnings("ignore", category=FutureWarning)  # torch 2.14 deprecates TorchScript
         traced = torch.jit.trace(network, _example_input(module, None))
-        torch.jit.save(
-            traced, str(out), _extra_files={TORCHSCRIPT_METADATA_FILE: json.dumps(export_metadata(module))}
-        )
+        torch.jit.save(traced, str(out), _extra_files={TORCHSCRIPT_METADATA_FILE: json.dumps(metadata)})
     return out
 
 
@@ -142,20 +183,28 @@ def read_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, ModelInf
 
 
 def export(
-    checkpoint: str | Path, format: str, out: str | Path | None = None, overwrite: bool = False
+    checkpoint: str | Path | Sequence[str | Path],
+    format: str,
+    out: str | Path | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Export a checkpoint; ``out`` defaults to the checkpoint's name with the format's suffix beside it.
-    An existing ``out`` is replaced only with ``overwrite``."""
+    """Export a checkpoint, or several as one ensemble; ``out`` defaults to the (first) checkpoint's name with
+    the format's suffix beside it. An existing ``out`` is replaced only with ``overwrite``."""
     if format not in FORMATS:
         raise FERError(f"--format {format!r}: choose one of {', '.join(FORMATS)}")
-    target = Path(out) if out else Path(checkpoint).with_suffix(SUFFIXES[format])
+    checkpoints = [checkpoint] if isinstance(checkpoint, str | Path) else list(checkpoint)
+    if len(checkpoints) > 1 and not out:
+        raise FERError("an ensemble of checkpoints needs --out FILE: where to write the one exported file")
+    target = Path(out) if out else Path(checkpoints[0]).with_suffix(SUFFIXES[format])
     if target.is_dir():
         raise FERError(
             f"--out {target} is a folder: give a file name, e.g. {target / 'model'}{SUFFIXES[format]}"
         )
     check_output_file(target, overwrite)
-    module = load_fer_checkpoint(checkpoint)
-    return (export_onnx if format == "onnx" else export_torchscript)(module, target)
+    modules = [load_fer_checkpoint(path) for path in checkpoints]
+    return (export_onnx if format == "onnx" else export_torchscript)(
+        modules[0] if len(modules) == 1 else modules, target
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -164,7 +213,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Export a fer checkpoint's network (eval mode) as ONNX or TorchScript, with its class "
         "names and preprocessing recorded in the file.",
     )
-    parser.add_argument("checkpoint", help="a fer checkpoint (.ckpt)")
+    parser.add_argument(
+        "checkpoint",
+        nargs="+",
+        help="a fer checkpoint (.ckpt); several: one ensemble (the mean of their probabilities) in one file",
+    )
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="default: onnx")
     parser.add_argument(
         "--out", type=Path, help="output file (default: the checkpoint's path with .onnx or .pt)"

@@ -37,6 +37,7 @@ from fer.infer.detectors import DETECTORS, Box, Detector, build_detector
 from fer.infer.faces import DEFAULT_MARGIN, face_crop
 from fer.infer.models import load_classifier
 from fer.infer.pipeline import FaceAnalyzer, classify
+from fer.infer.tta import TTA_MODES, with_tta
 from fer.infer.video import (
     VIDEO_SUFFIXES,
     FrameSource,
@@ -169,11 +170,12 @@ def predict_files(
     detector: Detector | None = None,
     align: bool = False,
     run: PredictionRun | None = None,
+    explain: Callable[[Sequence[tuple[str, Box | None, np.ndarray]], np.ndarray], None] | None = None,
 ) -> PredictionRun:
     """Classify every image file (or every face found in it) in batches of ``batch_size``.
 
     ``faces`` without a ``detector`` uses Haar. ``progress``: True/False force the bar on/off; None shows it
-    on a terminal for long inputs.
+    on a terminal for long inputs. ``explain(items, probabilities)`` is given each batch (``--explain``).
     """
     from tqdm import tqdm
 
@@ -194,6 +196,8 @@ def predict_files(
 
         def flush() -> None:
             probs = classify(classifier, np.stack([x for _, _, x in pending]), batch_size)
+            if explain is not None:
+                explain(pending, probs)
             for (path, box, _), row in zip(pending, probs.tolist(), strict=True):
                 label = classifier.class_names[int(np.argmax(row))]
                 run.predictions.append(Prediction(path, label, tuple(row), box))
@@ -396,6 +400,52 @@ def write_results(out: Path, run: PredictionRun, class_names: Sequence[str], mod
         handle.write(json.dumps(document, indent=2) + "\n")
 
 
+def check_explain_folder(folder: Path, overwrite: bool) -> None:
+    """``--explain DIR``: a new or empty folder, or any folder with ``--overwrite`` (files of the same
+    names are replaced, nothing else is touched)."""
+    if folder.exists() and not folder.is_dir():
+        raise FERError(f"--explain {folder} is a file: give a folder for the heat-map images")
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        raise FERError(
+            f"--explain {folder} already holds files: choose a new folder, or pass --overwrite to replace "
+            "files of the same names"
+        )
+
+
+def grad_cam_writer(model: Path, folder: Path, class_names: Sequence[str]):
+    """``explain`` for :func:`predict_files`: one Grad-CAM overlay per image or face, named
+    ``<n>_<image name>[_face<k>]_<label>.png``, for the predicted class."""
+    if model.suffix.lower() != ".ckpt":
+        raise FERError(
+            f"--explain needs the checkpoint (.ckpt) of {model.name}: Grad-CAM takes gradients, which an "
+            "exported file does not have"
+        )
+    import torch
+
+    from fer.export import load_fer_checkpoint
+    from fer.models.gradcam import grad_cam, overlay_image, overlays
+
+    module = load_fer_checkpoint(model)
+    pre = module.preprocessing
+    folder.mkdir(parents=True, exist_ok=True)
+    written = Counter()
+
+    def explain(items: Sequence[tuple[str, Box | None, np.ndarray]], probabilities: np.ndarray) -> None:
+        images = torch.from_numpy(np.stack([x for _, _, x in items]))
+        classes = torch.from_numpy(probabilities.argmax(axis=1))
+        maps, _ = grad_cam(module, images, classes)
+        for (path, box, _), overlay, label in zip(
+            items, overlays(images, maps, pre.mean, pre.std), classes.tolist(), strict=True
+        ):
+            face = f"_face{written[path]}" if box is not None else ""
+            written[path] += 1
+            name = f"{sum(written.values()):04d}_{Path(path).stem}{face}_{class_names[label]}.png"
+            with atomic_open(folder / name, "wb", what="heat-map image") as handle:
+                overlay_image(overlay).save(handle, format="PNG")
+
+    return explain
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'s' * (n != 1)}"
 
@@ -444,6 +494,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--batch-size", type=int, default=64, help="images or faces per forward pass (default 64)"
     )
     parser.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda when available")
+    parser.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        default="none",
+        help="average the logits over test-time views: flip (mirror image), flip_crops (and 4 corner crops "
+        "of each); default none",
+    )
     faces = parser.add_argument_group("faces")
     faces.add_argument(
         "--faces", action="store_true", help="find the faces in photos and classify each, with its box"
@@ -487,6 +544,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--annotate", type=Path, metavar="OUT.mp4", help="write the video with boxes and labels"
     )
     video.add_argument("--show", action="store_true", help="show the frames with their faces in a window")
+    parser.add_argument(
+        "--explain",
+        type=Path,
+        metavar="DIR",
+        help="write a Grad-CAM heat map over each image or face (of photos) into DIR: where the evidence for "
+        "the predicted class was (needs the .ckpt model)",
+    )
     return parser.parse_args(argv)
 
 
@@ -540,12 +604,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise FERError("--annotate, --timeline and --show draw videos: give a video or --camera")
     if args.show:
         _check_live_window()
+    if args.explain is not None:
+        check_explain_folder(args.explain, args.overwrite)
     faces = args.faces or args.detector is not None or args.detector_model is not None or streams > 0
-    classifier = load_classifier(args.model, args.device)
+    classifier = with_tta(load_classifier(args.model, args.device), args.tta)
     detector = (
         build_detector(args.detector or "haar", args.detector_model, args.detect_size) if faces else None
     )
     run = PredictionRun()
+    explain = (
+        grad_cam_writer(Path(args.model), args.explain, classifier.class_names) if args.explain else None
+    )
     if images:
         predict_files(
             classifier,
@@ -556,6 +625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             detector=detector,
             align=args.align,
             run=run,
+            explain=explain,
         )
     if streams:
         analyzer = FaceAnalyzer(classifier, detector, args.margin, args.align, args.batch_size)

@@ -28,8 +28,9 @@ from fer.errors import FERError
 from fer.files import check_output_file
 from fer.results import final_metrics, find_runs
 from fer.run.cli import command
+from fer.stats import CI_SUFFIXES
 
-DEFAULT_METRICS = ("test/acc", "test/f1_macro", "val/acc_best")
+DEFAULT_METRICS = ("test/acc", "test/f1_macro", "test/ece", "val/acc_best")
 DEFAULT_OPTIMIZED_METRIC = "val/acc_best"
 DEFAULT_MATRIX = ("ckpt_path", "data")
 MATRIX_METRICS = {
@@ -40,7 +41,7 @@ MATRIX_METRICS = {
 OK, OK_EVENTS, FAILED = "ok", "ok (events)", "failed"
 DIGITS = 4
 _ERROR_LINE = re.compile(r"\]\[ERROR\] - (.*)$")
-_NUMBER = re.compile(r"[-+]?[\d.]+(e[-+]?\d+)?( ± [\d.]+)?")
+_NUMBER = re.compile(r"[-+]?[\d.]+(e[-+]?\d+)?( ± [\d.]+)?( \[[-\d.]+, [-\d.]+\])?")
 
 
 @dataclass
@@ -227,9 +228,22 @@ def default_metrics(jobs: list[Job]) -> list[str]:
     return [m for m in DEFAULT_METRICS if m in logged] if logged else list(DEFAULT_METRICS)
 
 
+def job_interval(job: Job, metric: str) -> tuple[float, float] | None:
+    """The job's 95% bootstrap interval of ``metric`` (``<metric>_ci_low`` / ``_ci_high``), if logged."""
+    low, high = (job.metrics.get(f"{metric}_{side}") for side in CI_SUFFIXES)
+    return None if low is None or high is None else (low, high)
+
+
+def format_interval(interval: tuple[float, float] | None) -> str:
+    return "" if interval is None else f" [{format_number(interval[0])}, {format_number(interval[1])}]"
+
+
 def select_metrics(jobs: list[Job], requested: Sequence[str]) -> list[str]:
-    """Metric names to show: each name as given, or the logged names a pattern (``test/recall/*``) matches."""
-    logged = sorted({name for job in jobs if job.ok for name in job.metrics})
+    """Metric names to show: each name as given, or the logged names a pattern (``test/recall/*``) matches.
+    Interval bounds are shown beside their metric, not as metrics."""
+    logged = sorted(
+        {name for job in jobs if job.ok for name in job.metrics if not name.endswith(CI_SUFFIXES)}
+    )
     chosen: list[str] = []
     for item in requested:
         matches = fnmatch.filter(logged, item) if any(ch in item for ch in "*?[") else [item]
@@ -290,7 +304,10 @@ def job_rows(sweep: Sweep, metrics: list[str]) -> tuple[list[str], list[list[str
     header = ["job", *sweep.swept, "status", *(["best"] if marked else []), *metrics]
     rows = []
     for job in sweep.jobs:
-        values = [format_number(job.metrics.get(m)) if job.ok else "–" for m in metrics]
+        values = [
+            format_number(job.metrics.get(m)) + format_interval(job_interval(job, m)) if job.ok else "–"
+            for m in metrics
+        ]
         swept = [format_value(job.overrides.get(key, "")) for key in sweep.swept]
         best = ["*" if job.best else ""] if marked else []
         rows.append([short_job_name(job, sweep.swept), *swept, job.status, *best, *values])
@@ -315,6 +332,13 @@ class Group:
             return None, None
         return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
+    def mean_interval(self, metric: str) -> tuple[float, float] | None:
+        """The runs' bootstrap intervals of ``metric``, averaged bound by bound (None if none has one)."""
+        bounds = [interval for job in self.finished if (interval := job_interval(job, metric))]
+        if not bounds:
+            return None
+        return statistics.fmean(b[0] for b in bounds), statistics.fmean(b[1] for b in bounds)
+
 
 def group_jobs(jobs: list[Job], keys: list[str]) -> list[Group]:
     """Jobs grouped by the values of ``keys`` (no such override: ``(default)``), in first-seen order."""
@@ -332,7 +356,11 @@ def group_rows(groups: list[Group], keys: list[str], metrics: list[str]) -> tupl
         cells = []
         for metric in metrics:
             mean, std = group.stats(metric)
-            cells.append(format_number(mean) + (f" ± {format_number(std)}" if std is not None else ""))
+            cells.append(
+                format_number(mean)
+                + (f" ± {format_number(std)}" if std is not None else "")
+                + format_interval(group.mean_interval(metric))
+            )
         failed = len(group.jobs) - len(group.finished)
         rows.append([*group.values, str(len(group.finished)), str(failed), *cells])
     return header, rows
@@ -349,6 +377,10 @@ def group_csv_rows(groups: list[Group], keys: list[str], metrics: list[str]) -> 
             mean, std = group.stats(metric)
             row[f"{metric} mean"] = "" if mean is None else mean
             row[f"{metric} std"] = "" if std is None else std
+            if any(job_interval(job, metric) for group in groups for job in group.finished):
+                interval = group.mean_interval(metric)
+                for side, bound in zip(CI_SUFFIXES, interval or ("", ""), strict=True):
+                    row[f"{metric} {side} mean"] = bound
         rows.append(row)
     return rows
 
@@ -360,7 +392,11 @@ def job_csv_rows(sweep: Sweep, metrics: list[str]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"job": job.name}
         row.update({key: job.overrides.get(key, "") for key in sweep.swept})
         row.update({"status": job.status, "best": job.best, "error": job.error or ""})
-        row.update({m: job.metrics.get(m, "") if job.ok else "" for m in metrics})
+        for m in metrics:
+            row[m] = job.metrics.get(m, "") if job.ok else ""
+            if any(job_interval(other, m) for other in sweep.jobs if other.ok):
+                for side in CI_SUFFIXES:
+                    row[f"{m}_{side}"] = job.metrics.get(f"{m}_{side}", "") if job.ok else ""
         rows.append(row)
     return rows
 
@@ -391,6 +427,11 @@ def render(sweep: Sweep, metrics: list[str], keys: list[str] | None) -> str:
     parts = [title, "", markdown_table(*job_rows(sweep, metrics))]
     if sweep.best_from:
         parts.append(f"\n`*` best job, by {sweep.best_from}.")
+    if any(job_interval(job, m) for job in sweep.jobs if job.ok for m in metrics):
+        parts.append(
+            "`[low, high]`: 95% bootstrap interval over the evaluated images (1000 resamples, seeded); "
+            "`±`: sample std over the runs; grouped rows average the runs' intervals."
+        )
     if any(job.status == OK_EVENTS for job in sweep.jobs):
         parts.append(f"`{OK_EVENTS}`: no metrics.json; the last TensorBoard scalars of that run.")
     if keys is not None:

@@ -207,3 +207,38 @@ def worst_mistakes_figure(predictions: Predictions):
         predictions.std,
         captions=[f"p={c:.2f}" for c in confidence.tolist()],
     )
+
+
+def reliability_figure(predictions: Predictions):
+    """Accuracy against confidence in 15 bins: bars under the diagonal are overconfidence."""
+    from fer.models.calibration import BINS
+    from fer.models.plots import reliability_figure as draw
+
+    confidence, predicted = predictions.probs.max(dim=1)
+    index = (confidence * BINS).long().clamp(0, BINS - 1)
+    count = torch.bincount(index, minlength=BINS).double()
+    right = (predicted == predictions.labels).double()
+    mean_confidence = torch.bincount(index, confidence.double(), minlength=BINS) / count.clamp(min=1)
+    accuracy = torch.bincount(index, right, minlength=BINS) / count.clamp(min=1)
+    return draw(mean_confidence, accuracy, count.long(), f"reliability ({len(predictions.labels)} images)")
+
+
+def worst_mistakes_gradcam_figure(checkpoint: str | Path, predictions: Predictions):
+    """The most confident mistakes with their Grad-CAM maps for the (wrongly) predicted class: what the
+    model looked at when it was sure and wrong."""
+    from fer.models.gradcam import grad_cam, overlays
+    from fer.models.plots import image_grid_figure
+    from fer.run.checkpoints import load_module
+
+    index = predictions.worst_index
+    if len(index) == 0:
+        raise FERError("No mistakes on this split: nothing to show.")
+    model, _ = load_module(checkpoint, key="checkpoint")
+    predicted = predictions.predicted[index]
+    maps, _ = grad_cam(model, predictions.worst_inputs, predicted)
+    confidence = predictions.probs[index, predicted]
+    return image_grid_figure(
+        overlays(predictions.worst_inputs, maps, predictions.mean, predictions.std),
+        predictions.labels[index].tolist(), predicted.tolist(), predictions.class_names, (0.0,) * 3,
+        (1.0,) * 3, captions=[f"p={c:.2f}" for c in confidence.tolist()],
+    )  # fmt: skip

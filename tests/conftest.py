@@ -19,6 +19,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from fer.data.sources import EXPRESSIONS as CLASS_NAMES
 from fer.data.synthetic import generate_synthetic_dataset
 
+HYDRA_COMMANDS = ("fer.train", "fer.eval", "fer.calibrate")  # key=value command lines, Hydra's own main
+
 # tiny runs: small images, small batches, no workers, no progress bars
 TINY = [
     "data.image_size=32",
@@ -127,9 +129,9 @@ def fer_main(
         try:
             with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
                 try:
-                    returned = entry() if module in ("fer.train", "fer.eval") else entry(list(args))
+                    returned = entry() if module in HYDRA_COMMANDS else entry(list(args))
                     code = returned if isinstance(returned, int) and not isinstance(returned, bool) else 0
-                    if module in ("fer.train", "fer.eval"):
+                    if module in HYDRA_COMMANDS:
                         code = 0
                 except SystemExit as exit_:
                     code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)

@@ -20,6 +20,8 @@ CONTRACT_SCALARS = [
     "train/loss", "train/acc", "val/loss", "val/acc", "val/f1_macro", "val/acc_balanced", "val/acc_best",
     "test/loss", "test/acc", "test/f1_macro", "test/acc_balanced", "val/recall/disgust", "test/recall/happy",
     "lr-AdamW", "model/trainable_params",
+    "val/ece", "val/nll", "val/brier", "test/ece", "test/nll", "test/brier",
+    "test/acc_ci_low", "test/acc_ci_high", "test/f1_macro_ci_low", "test/acc_balanced_ci_high",
 ]  # fmt: skip
 
 
@@ -39,12 +41,20 @@ def test_train_writes_checkpoints_config_and_tensorboard_scalars(trained):
     saved = json.loads((trained / "metrics.json").read_text())
     assert saved["metrics"]["test/acc"] == pytest.approx(last_scalar(trained, "test/acc"), abs=1e-6)
     assert saved["best_checkpoint"].endswith(".ckpt")
+    found = saved["metrics"]
+    assert found["test/acc_ci_low"] <= found["test/acc"] <= found["test/acc_ci_high"]
+    assert 0 <= found["test/ece"] <= 1 and found["test/nll"] > 0 and 0 <= found["test/brier"] <= 2
     accumulator = events(trained)
     scalars = set(accumulator.Tags()["scalars"])
     assert set(CONTRACT_SCALARS) <= scalars, set(CONTRACT_SCALARS) - scalars
-    assert {"val/confusion_matrix", "test/confusion_matrix", "val/predictions"} <= set(
-        accumulator.Tags()["images"]
-    )
+    images = {
+        "val/confusion_matrix",
+        "test/confusion_matrix",
+        "val/predictions",
+        "val/reliability",
+        "val/gradcam",
+    }
+    assert images | {"test/reliability"} <= set(accumulator.Tags()["images"])
     assert len(accumulator.Images("val/predictions")) == 2  # one grid per epoch
     assert len(accumulator.Scalars("val/acc")) == 2  # one per epoch, the sanity check not counted
     hparams = accumulator.summary_metadata  # the HPARAMS plugin's session summaries
@@ -61,6 +71,9 @@ def test_best_checkpoint_is_tested_and_eval_reproduces_it(trained, tmp_path):
     )
     assert "test/acc" in result.stdout
     (eval_run,) = run_dirs(outputs, "eval")
+    saved = json.loads((eval_run / "metrics.json").read_text())["metrics"]
+    assert saved["test/acc_ci_low"] <= saved["test/acc"] <= saved["test/acc_ci_high"]
+    assert "95% CI (bootstrap)" in result.stdout
     for tag in ("test/acc", "test/f1_macro", "test/acc_balanced", "test/loss"):
         assert last_scalar(eval_run, tag) == pytest.approx(last_scalar(trained, tag), abs=1e-4), tag
     valid = check(fer_main("fer.eval", f"ckpt_path={best[0]}", "split=valid", outputs=outputs))

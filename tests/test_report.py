@@ -268,3 +268,18 @@ def test_report_of_a_real_optuna_sweep_marks_its_best_trial(tiny_data, outputs, 
     assert loaded.best_from == "optimization_results.yaml (Optuna's best trial)"
     assert main([str(sweep)]) == 0
     assert "Sweep" in capsys.readouterr().out
+
+
+def test_over_seed_shows_the_runs_bootstrap_intervals_beside_mean_and_std(tmp_path, capsys):
+    sweep = tmp_path / "multiruns" / "seeds"
+    for seed, (acc, low, high) in enumerate([(0.60, 0.55, 0.65), (0.70, 0.66, 0.74)]):
+        found = {"test/acc": acc, "test/acc_ci_low": low, "test/acc_ci_high": high, "test/ece": 0.1 * seed}
+        make_job(sweep, f"{seed}_seed={seed}", [f"seed={seed}"], {**found, "val/acc_best": acc})
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": ["seed=0,1"]}}}))
+    assert main([str(sweep), "--over", "seed"]) == 0
+    out = capsys.readouterr().out
+    assert table_rows(out, "job")[0][4:] == ["test/acc", "test/ece", "val/acc_best"]  # the logged defaults
+    assert table_rows(out, "job")[1][4:6] == ["0.6000 [0.5500, 0.6500]", "0.0000"]
+    std = statistics.stdev([0.6, 0.7])
+    assert table_rows(out, "n")[1][2] == f"0.6500 ± {std:.4f} [0.6050, 0.6950]"
+    assert "95% bootstrap interval" in out

@@ -59,7 +59,9 @@ def test_results_notebook_runs_on_a_tiny_run(tiny_data, outputs):
     finally:
         del os.environ["FER_RESULTS_DIR"]
     figures = [o for c in notebook.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(figures) == 4  # learning curves, confusion matrix, recall, worst mistakes
+    assert (
+        len(figures) == 6
+    )  # learning curves, confusion matrix, recall, reliability, worst mistakes, Grad-CAM
     text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
     test_acc = json.loads((Path(run) / "metrics.json").read_text())["metrics"]["test/acc"]
     assert f"test accuracy {test_acc:.4f}" in text

@@ -51,6 +51,6 @@ def torch_classifier(path: Path, device: str = "auto") -> Classifier:
         network, info = read_torchscript(path)
         return _classifier(network, info, torch_device)
     module = load_fer_checkpoint(path)
-    info = ModelInfo(module.class_names, module.preprocessing)
+    info = ModelInfo(module.class_names, module.preprocessing, module.temperature)
     # the plain network, as exported: no compiled wrapper to build, no frozen-front bookkeeping
     return _classifier(module.model, info, torch_device, module.memory_format)

@@ -9,7 +9,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from fer.errors import NonFiniteLossError
-from fer.models.plots import confusion_matrix_figure, image_grid_figure
+from fer.models.gradcam import grad_cam, overlays
+from fer.models.plots import confusion_matrix_figure, image_grid_figure, reliability_figure
 
 
 def _tensorboards(trainer: Trainer) -> list[TensorBoardLogger]:
@@ -38,11 +39,35 @@ class ConfusionMatrixFigure(Callback):
         self._log(trainer, pl_module, "test")
 
 
-class PredictionGrid(Callback):
-    """The first ``images`` validation images of every epoch as the model saw them, titled true / predicted."""
+class ReliabilityDiagram(Callback):
+    """The reliability diagram (accuracy against confidence) of every validation epoch and of the test."""
 
-    def __init__(self, images: int = 16) -> None:
+    def _log(self, trainer: Trainer, module: LightningModule, stage: str) -> None:
+        bins = getattr(module, "reliability", {}).get(stage)
+        if bins is None or trainer.sanity_checking:
+            return
+        for logger in _tensorboards(trainer):
+            figure = reliability_figure(
+                bins["bin_confidence"], bins["bin_accuracy"], bins["bin_count"], f"{stage} reliability"
+            )
+            logger.experiment.add_figure(
+                f"{stage}/reliability", figure, global_step=trainer.global_step, close=True
+            )
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._log(trainer, pl_module, "val")
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._log(trainer, pl_module, "test")
+
+
+class PredictionGrid(Callback):
+    """The first ``images`` validation images of every epoch as the model saw them, titled true / predicted,
+    and (``gradcam``) the same images with their Grad-CAM maps for the predicted class."""
+
+    def __init__(self, images: int = 16, gradcam: bool = True) -> None:
         self.images = int(images)
+        self.gradcam = bool(gradcam)
         self.examples: tuple[Tensor, Tensor, Tensor] | None = None
 
     def on_validation_batch_end(
@@ -65,13 +90,23 @@ class PredictionGrid(Callback):
         images, true, predicted = self.examples
         self.examples = None
         pre = pl_module.preprocessing
-        for logger in _tensorboards(trainer):
+        loggers = _tensorboards(trainer)
+        for logger in loggers:
             figure = image_grid_figure(
                 images, true.tolist(), predicted.tolist(), pl_module.class_names, pre.mean, pre.std
             )
             logger.experiment.add_figure(
                 "val/predictions", figure, global_step=trainer.global_step, close=True
             )
+        if not (self.gradcam and loggers):
+            return
+        maps, _ = grad_cam(pl_module, images.to(pl_module.device), predicted)
+        drawn = overlays(images, maps, pre.mean, pre.std)
+        for logger in loggers:
+            figure = image_grid_figure(
+                drawn, true.tolist(), predicted.tolist(), pl_module.class_names, (0.0,) * 3, (1.0,) * 3
+            )
+            logger.experiment.add_figure("val/gradcam", figure, global_step=trainer.global_step, close=True)
 
 
 class StopOnNonFiniteLoss(Callback):

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from lightning import LightningModule
+from lightning.pytorch.trainer.states import TrainerFn
 from PIL import Image
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
@@ -31,6 +32,7 @@ from fer.errors import FERError
 from fer.instantiate import build
 from fer.models import schedules
 from fer.models.backbones import build_backbone
+from fer.models.calibration import PredictionRecord, ProbabilityScores, calibration_error
 from fer.models.freeze import (
     FROZEN_FRONT_POLICIES,
     apply_freeze_policy,
@@ -39,6 +41,7 @@ from fer.models.freeze import (
     set_frozen_eval,
     trained_part,
 )
+from fer.stats import CI_SUFFIXES, bootstrap_intervals
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +114,7 @@ class FERModule(LightningModule):
         preprocessing: Mapping[str, Any] | None = None,
         channels_last: bool = True,
         compile: bool = False,
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
         freeze = dict(freeze or {"policy": "none"})
@@ -130,6 +134,7 @@ class FERModule(LightningModule):
                 "preprocessing": Preprocessing(**dict(preprocessing or {})).as_dict(),
                 "channels_last": bool(channels_last),
                 "compile": bool(compile),
+                "temperature": float(temperature),
             }
         )
         self.class_names = tuple(class_names)
@@ -161,15 +166,28 @@ class FERModule(LightningModule):
         self.test_recall = MulticlassRecall(num_classes, average="none")
         self.val_confmat = MulticlassConfusionMatrix(num_classes)
         self.test_confmat = MulticlassConfusionMatrix(num_classes)
+        self.val_ece, self.test_ece = calibration_error(num_classes), calibration_error(num_classes)
+        self.val_scores, self.test_scores = ProbabilityScores(), ProbabilityScores()
+        self.val_record, self.test_record = PredictionRecord(), PredictionRecord()
         # the best validation accuracy so far (0 before the first validation epoch): a buffer, so that
         # checkpoints carry it and a resumed run goes on from it
         self.register_buffer("val_acc_best", torch.tensor(0.0))
-        # stage -> the confusion matrix of its last epoch (figures are drawn by fer.models.callbacks)
+        # stage -> the confusion matrix and reliability bins of its last epoch (figures are drawn by
+        # fer.models.callbacks)
         self.confusion: dict[str, Tensor] = {}
+        self.reliability: dict[str, dict[str, Tensor]] = {}
         self.schedule_length: int | None = None
         self.restored_schedule_length: int | None = None
 
     # --- the network --------------------------------------------------------------------------------
+    @property
+    def temperature(self) -> float:
+        """What the logits are divided by before the softmax (1.0 until ``fer.calibrate`` fits one)."""
+        return float(self.hparams.get("temperature", 1.0))
+
+    def probabilities(self, logits: Tensor) -> Tensor:
+        return (logits.float() / self.temperature).softmax(dim=1)
+
     def setup(self, stage: str) -> None:
         if torch.are_deterministic_algorithms_enabled() and use_mean_pooling(self.model):
             # trainer.deterministic=true: CUDA has no deterministic backward for adaptive average pooling
@@ -281,12 +299,16 @@ class FERModule(LightningModule):
         return self.test_loss, self.test_metrics, self.test_recall, self.test_confmat
 
     def _eval_step(self, stage: str, batch: Sequence[Tensor]) -> Tensor:
-        loss, preds, y, _ = self.model_step(batch)
+        loss, preds, y, logits = self.model_step(batch)
         mean_loss, metrics, recall, confmat = self._stage_metrics(stage)
         mean_loss(loss, weight=y.numel())
         metrics.update(preds, y)
         recall.update(preds, y)
         confmat.update(preds, y)
+        log_probs = (logits.float() / self.temperature).log_softmax(dim=1)
+        getattr(self, f"{stage}_ece").update(log_probs.exp(), y)
+        getattr(self, f"{stage}_scores").update(log_probs, y)
+        getattr(self, f"{stage}_record").update(preds, y)
         self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=True)
         return preds
 
@@ -303,9 +325,27 @@ class FERModule(LightningModule):
         per_class = recall.compute()
         self.log_dict({f"{stage}/recall/{name}": per_class[i] for i, name in enumerate(self.class_names)})
         self.confusion[stage] = confmat.compute().cpu()
-        for metric in (metrics, recall, confmat):
+        ece, scores, record = (getattr(self, f"{stage}_{kind}") for kind in ("ece", "scores", "record"))
+        probability = scores.compute()
+        self.log_dict(
+            {f"{stage}/ece": ece.compute(), **{f"{stage}/{k}": probability[k] for k in ("nll", "brier")}}
+        )
+        self.reliability[stage] = {k: v.cpu() for k, v in probability.items() if k.startswith("bin_")}
+        if stage == "test" or self.trainer.state.fn == TrainerFn.VALIDATING:
+            self.log_dict(self._intervals(stage, *record.compute()))
+        for metric in (metrics, recall, confmat, ece, scores, record):
             metric.reset()
         return values[f"{stage}/acc"]
+
+    def _intervals(self, stage: str, target: Tensor, predicted: Tensor) -> dict[str, float]:
+        """95% bootstrap intervals of accuracy, macro-F1 and balanced accuracy (a final test, not every
+        validation epoch of a fit)."""
+        intervals = bootstrap_intervals(target.numpy(), predicted.numpy(), len(self.class_names))
+        return {
+            f"{stage}/{name}_{side}": bound
+            for name, bounds in intervals.items()
+            for side, bound in zip(CI_SUFFIXES, bounds, strict=True)
+        }
 
     def on_validation_epoch_end(self) -> None:
         acc = self._log_epoch_end("val")
@@ -397,10 +437,10 @@ class FERModule(LightningModule):
         batch = torch.stack([transform(self._as_image(image)) for image in images]).to(self.device)
         was_training = self.training
         self.eval()
-        probs = self(batch).softmax(dim=1)
+        probs = self.probabilities(self(batch))
         self.train(was_training)
         return probs
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = batch[0] if isinstance(batch, list | tuple) else batch
-        return self(x).softmax(dim=1)
+        return self.probabilities(self(x))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
@@ -74,4 +75,31 @@ def image_grid_figure(
             color="green" if right else "red",
         )  # fmt: skip
     figure.suptitle("true / predicted", fontsize=8)
+    return figure
+
+
+def reliability_figure(
+    bin_confidence: Tensor, bin_accuracy: Tensor, bin_count: Tensor, title: str = ""
+) -> Figure:
+    """A reliability diagram: accuracy against confidence per confidence bin (bars), the diagonal of a
+    perfectly calibrated model, and how many images each bin holds (the lower panel)."""
+    confidence, accuracy, count = (t.double().numpy() for t in (bin_confidence, bin_accuracy, bin_count))
+    bins = len(count)
+    edges = np.linspace(0, 1, bins + 1)
+    centres, width = (edges[:-1] + edges[1:]) / 2, 1.0 / bins
+    filled = count > 0
+    figure = Figure(figsize=(4, 4.6), dpi=100)
+    top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    top.bar(centres[filled], accuracy[filled], width=width, edgecolor="black", label="accuracy")
+    gaps = confidence[filled] - accuracy[filled]
+    top.bar(
+        centres[filled], gaps, bottom=accuracy[filled], width=width, color="tab:red", alpha=0.3,
+        label="gap to confidence",
+    )  # fmt: skip
+    top.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=1)
+    top.set(ylim=(0, 1), ylabel="accuracy", title=title)
+    top.legend(loc="upper left", fontsize=7)
+    bottom.bar(centres, count / max(count.sum(), 1), width=width, color="tab:gray")
+    bottom.set(xlim=(0, 1), xlabel="confidence", ylabel="images")
+    figure.subplots_adjust(left=0.16, right=0.97, bottom=0.11, top=0.93, hspace=0.08)
     return figure

@@ -19,6 +19,7 @@ from fer.errors import FERError
 from fer.files import atomic_write_text
 from fer.run.launch import check_slurm_allocation
 from fer.run.tracking import check_logger_packages
+from fer.stats import CI_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -201,17 +202,27 @@ def print_metrics_table(
     from rich.console import Console
     from rich.table import Table
 
+    bounds = {f"{name}_{side}" for name in metrics for side in CI_SUFFIXES}
+    intervals = {
+        name: (metrics[f"{name}_{CI_SUFFIXES[0]}"], metrics[f"{name}_{CI_SUFFIXES[1]}"])
+        for name in metrics
+        if all(f"{name}_{side}" in metrics for side in CI_SUFFIXES)
+    }
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for name in sorted(metrics):
+    if intervals:
+        table.add_column("95% CI (bootstrap)", justify="right")
+    for name in sorted(set(metrics) - bounds):
         value = metrics[name]
         shown = (
             f"{value:,.0f}"
             if name.startswith("model/")
             else (f"{value:.4f}" if math.isfinite(value) else str(value))
         )
-        table.add_row(name, shown)
+        low_high = intervals.get(name)
+        extra = [f"[{low_high[0]:.4f}, {low_high[1]:.4f}]" if low_high else ""] if intervals else []
+        table.add_row(name, shown, *extra)
     console = Console(width=100)
     console.print(table)
     for key, value in (notes or {}).items():
