@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from conftest import TINY, assert_clean_error, check, fer_main
 
 from fer.data import formats
@@ -365,3 +366,29 @@ def test_the_fer2013_packing_bench_row_reads_and_packs_every_row(tmp_path, monke
     assert measurement.images == 50 and measurement.seconds > 0
     assert "reading and parsing the CSV" in measurement.notes
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["bench-fer2013"]  # the scratch packs are gone
+
+
+def test_report_matrix_means_cells_marks_failed_ones_and_refuses_unswept_keys(tmp_path, capsys):
+    from fer.report import main as report
+
+    def job(number: int, ckpt: str, data: str, acc: float | None) -> None:
+        folder = tmp_path / f"{number}_data={data}"
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text(
+            yaml.safe_dump([f"ckpt_path={ckpt}", f"data={data}"])
+        )
+        if acc is not None:
+            metrics = {"test/acc": acc, "test/f1_macro": acc / 2, "test/acc_balanced": acc}
+            (folder / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+
+    job(0, "/runs/a/last.ckpt", "rafdb", 0.5)
+    job(1, "/runs/a/last.ckpt", "fer2013", None)
+    job(2, "/runs/b/last.ckpt", "rafdb", 0.7)
+    job(3, "/runs/b/last.ckpt", "fer2013", 0.25)
+    assert report([str(tmp_path), "--metrics", "test/acc"]) == 0
+    out = capsys.readouterr().out
+    assert "| ckpt_path | rafdb | fer2013 |" in out
+    assert "| a/last.ckpt | 0.5000 | failed |" in out and "| b/last.ckpt | 0.7000 | 0.2500 |" in out
+    assert "| a/last.ckpt | 0.2500 | failed |" in out  # macro-F1
+    assert report([str(tmp_path), "--matrix", "data,seed"]) == 2
+    assert "--matrix 'data,seed': give two different swept keys" in capsys.readouterr().err
