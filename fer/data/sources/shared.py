@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 
 from fer.data.sources.base import DataSource, SplitIndex
-from fer.instantiate import build
 
 
 class SharedClasses(DataSource):
@@ -24,6 +23,8 @@ class SharedClasses(DataSource):
         if isinstance(source, DataSource):  # built already (instantiating the outer config builds the inner)
             self.inner = source
         else:
+            from fer.instantiate import build  # (Hydra: not for the torch-free serving path)
+
             spec = {**source, "root": source.get("root", None if root is None else str(root))}
             self.inner = build(spec, "data.source")
         super().__init__(self.inner.root)
