@@ -134,6 +134,23 @@ def test_ferplus_probability_gives_the_vote_distribution_over_the_kept_classes(t
     assert angry["angry"] == pytest.approx(0.7) and angry["fear"] == pytest.approx(0.3)
 
 
+def test_ferplus_probability_batches_carry_the_soft_targets_to_the_loss(published, tmp_path):
+    import torch
+
+    from fer.data import FERDataModule
+    from fer.losses import CrossEntropyLoss
+
+    source = FERPlus(published / "FERPlus", label_mode="probability")
+    datamodule = FERDataModule(source=source, image_size=32, batch_size=8, cache_dir=tmp_path / "cache")
+    datamodule.setup("fit")
+    images, labels, targets = next(iter(datamodule.train_dataloader()))
+    assert images.shape == (8, 3, 32, 32) and targets.shape == (8, 8)
+    torch.testing.assert_close(targets.sum(dim=1), torch.ones(8))
+    assert torch.equal(targets.argmax(dim=1), labels)  # the metrics' label is the majority vote
+    logits = torch.randn(8, 8)
+    assert CrossEntropyLoss()(logits, targets) != CrossEntropyLoss()(logits, labels)
+
+
 def test_ferplus_rows_must_match_fer2013_row_by_row(tmp_path):
     write_ferplus(tmp_path, VOTES)
     formats.write_fer2013_csv(tmp_path / "fer2013.csv", [(0, face(), "Training")] * 5)
