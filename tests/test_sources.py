@@ -273,7 +273,8 @@ def test_each_recipe_fine_tunes_pretrained_mobilenet_v3_large_on_its_data_set(na
     assert cfg.data.image_size == 112 and cfg.data.data_dir.endswith(FOLDERS[name])
     assert cfg.data.source._target_.rsplit(".", 1)[1].lower() == name
     if name == "ferplus":
-        assert cfg.data.source.label_mode == "probability" and cfg.loss.label_smoothing == 0
+        assert cfg.data.label_mode == "probability" and cfg.loss.label_smoothing == 0
+        assert cfg.data.source.label_mode == "probability"  # handed on to the source
     assert cfg.data.grayscale == (name in ("fer2013", "ferplus"))
 
 
@@ -409,3 +410,14 @@ def test_report_matrix_means_cells_marks_failed_ones_and_refuses_unswept_keys(tm
     assert "| a/last.ckpt | 0.2500 | failed |" in out  # macro-F1
     assert report([str(tmp_path), "--matrix", "data,seed"]) == 2
     assert "--matrix 'data,seed': give two different swept keys" in capsys.readouterr().err
+
+
+def test_data_set_options_are_data_keys_handed_to_the_source(tmp_path):
+    from conftest import compose_train
+
+    cfg = compose_train(["data=ferplus", "data.label_mode=probability", "data.classes=7"], tmp_path)
+    assert (cfg.data.source.label_mode, cfg.data.source.classes) == ("probability", 7)
+    cfg = compose_train(["data=affectnet", "data.crop_faces=false", "data.val_fraction=0.2"], tmp_path)
+    assert (cfg.data.source.crop_faces, cfg.data.source.val_fraction) == (False, 0.2)
+    cfg = compose_train(["data=rafdb", "data.val_seed=3"], tmp_path)
+    assert cfg.data.source.val_seed == 3

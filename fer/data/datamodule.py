@@ -86,7 +86,10 @@ class FERDataModule(LightningDataModule):
         seed: int = 0,
         drop_last: bool = False,
         on_bad_image: str = "skip",
+        **source_options: Any,
     ) -> None:
+        """``source_options``: a data set's own keys (FER+'s ``label_mode``, AffectNet's ``classes``, RAF-DB's
+        ``val_fraction`` ...), set as ``data.<key>`` and handed to its source by its ``conf/data`` file."""
         super().__init__()
         check_bad_image_mode(on_bad_image)
         if sampler not in SAMPLERS:

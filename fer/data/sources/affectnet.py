@@ -141,7 +141,7 @@ class AffectNet(DataSource):
         """The three splits, listed once (valid carved from training.csv)."""
         if self._splits is None:
             training = self._read("training")
-            key = "data.source.val_fraction"
+            key = "data.val_fraction"
             valid = carve_validation([row[1] for row in training], self.val_fraction, self.val_seed, key)
             test = self._read("validation")
             self._splits = {

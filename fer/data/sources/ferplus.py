@@ -69,7 +69,7 @@ class FERPlus(DataSource):
     ) -> None:
         super().__init__(root)
         if label_mode not in LABEL_MODES:
-            raise FERError(f"data.source.label_mode={label_mode!r}: choose one of {list(LABEL_MODES)}.")
+            raise FERError(f"data.label_mode={label_mode!r}: choose one of {list(LABEL_MODES)}.")
         self.label_mode = label_mode
         self._class_names = class_names_for(classes)
         self.on_bad_image = on_bad_image

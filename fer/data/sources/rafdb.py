@@ -103,7 +103,7 @@ class RAFDB(DataSource):
         if self._splits is None:
             listed = self._read_list()
             train = listed["train"]
-            key = "data.source.val_fraction"
+            key = "data.val_fraction"
             valid = carve_validation([label for _, label, _ in train], self.val_fraction, self.val_seed, key)
             self._splits = {
                 "train": self._split_index(

@@ -20,7 +20,7 @@ ON_BAD_ROW = ("skip", "error")
 SHOWN_ROWS = 3  # bad rows named in a message; the rest are counted
 
 
-def class_names_for(classes: int, key: str = "data.source.classes") -> tuple[str, ...]:
+def class_names_for(classes: int, key: str = "data.classes") -> tuple[str, ...]:
     """fer's 7 expression classes, or those 8 with contempt."""
     if classes == 7:
         return EXPRESSIONS
