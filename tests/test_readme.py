@@ -219,9 +219,10 @@ class Session:
             text = text.replace(
                 "outputs/train/multiruns/<time>", str(self.newest("train/multiruns/*/*seed=*").parent)
             )
-        if "<time>" in text:
-            text = text.replace("outputs/train/multiruns/<time>", str(self.newest("train/multiruns/*")))
-            text = text.replace("outputs/eval/multiruns/<time>", str(self.newest("eval/multiruns/*")))
+        for kind in ("train", "eval"):
+            if f"outputs/{kind}/multiruns/<time>" in text:
+                newest = str(self.newest(f"{kind}/multiruns/*"))
+                text = text.replace(f"outputs/{kind}/multiruns/<time>", newest)
         text = text.replace("data=fer2013,ferplus,rafdb,affectnet", "data=fer2013,rafdb")
         if "A.ckpt" in text:
             a, b = self.newest_checkpoints(2)
