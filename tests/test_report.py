@@ -239,14 +239,14 @@ def test_report_of_a_real_grid_sweep_with_failed_jobs(tiny_data, outputs, capsys
     ]  # fmt: skip
     for row in jobs[1:3]:
         saved = json.loads((sweep / f"{row[0]}_freeze=none,seed={row[2]}" / "metrics.json").read_text())
-        assert row[-3] == f"{saved['metrics']['test/acc']:.4f}"
+        assert row[-4].startswith(f"{saved['metrics']['test/acc']:.4f} [")  # with its interval
     groups = table_rows(out, "freeze")
     assert [row[:3] for row in groups] == [
         ["freeze", "n", "failed"],
         ["none", "2", "0"],
         ["partial", "0", "2"],
     ]
-    assert groups[2][3:] == ["–", "–", "–"]
+    assert groups[2][3:] == ["–", "–", "–", "–"]
     assert "- job 2: freeze.trainable_blocks=99 is out of range" in out
     record = json.loads((sweep / "0_freeze=none,seed=1" / ".hydra" / "run_info.json").read_text())
     started, commit = record["started"][:10], (record["git"]["commit"] or "")[:7]
