@@ -71,6 +71,6 @@ class PredictionRecord(Metric):
         self.target.append(target.detach().long())
 
     def compute(self) -> tuple[Tensor, Tensor]:
-        if not self.target:
+        if isinstance(self.target, list) and not self.target:  # (after a sync across processes: a tensor)
             return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
         return dim_zero_cat(self.target).cpu(), dim_zero_cat(self.predicted).cpu()
