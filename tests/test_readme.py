@@ -215,7 +215,9 @@ class Session:
         if "<run>" in text:
             text = text.replace("outputs/train/runs/<run>", str(self.newest_run()))
             text = text.replace("<run>", str(self.newest_run()))
-        if "<time> --over seed" in text:  # the newest sweep over seeds (later sweeps vary other keys)
+        if (
+            "<time>" in text and "--over seed" in text
+        ):  # the newest sweep over seeds (later sweeps vary other keys)
             text = text.replace(
                 "outputs/train/multiruns/<time>", str(self.newest("train/multiruns/*/*seed=*").parent)
             )

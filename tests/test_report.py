@@ -240,7 +240,7 @@ def test_report_of_a_real_grid_sweep_with_failed_jobs(tiny_data, outputs, capsys
     column = jobs[0].index("test/acc")
     for row in jobs[1:3]:
         saved = json.loads((sweep / f"{row[0]}_freeze=none,seed={row[2]}" / "metrics.json").read_text())
-        assert row[column].split()[0] == f"{saved['metrics']['test/acc']:.4f}"
+        assert row[column].startswith(f"{saved['metrics']['test/acc']:.4f} [")  # with its interval
     groups = table_rows(out, "freeze")
     assert [row[:3] for row in groups] == [
         ["freeze", "n", "failed"],
