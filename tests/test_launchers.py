@@ -88,7 +88,8 @@ def test_parallel_jobs_run_at_once_each_in_its_folder_with_its_share_of_the_core
 @needs_joblib
 def test_optuna_trials_two_at_a_time_in_shared_sqlite_storage(tiny_data, outputs, fresh_workers):
     database = outputs / "fer.db"
-    args = tiny_args(tiny_data, "trainer.max_epochs=1")
+    # jobs of a few seconds each, longer than the gap between the two workers' starts, so that they overlap
+    args = tiny_args(tiny_data, "trainer.max_epochs=4")
     check(
         fer_main(
             "fer.train", "hparams_search=optuna", "hparams_search.n_trials=2", f"hparams_search.storage={database}",

@@ -389,7 +389,7 @@ def tensorboard(session: Session, args: list[str]) -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        runs = wait_for_page(server, f"http://127.0.0.1:{port}/data/runs", 120)
+        runs = wait_for_page(server, f"http://127.0.0.1:{port}/data/runs", 300)
         assert "train/runs" in runs, runs
     finally:
         server.terminate()
