@@ -13,7 +13,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -23,9 +22,7 @@ from fer.errors import CheckpointError
 from fer.files import atomic_save, check_output_file
 from fer.infer.classifier import softmax
 from fer.run.checkpoints import check_checkpoint_path, load_module, read_checkpoint
-from fer.run.cli import hydra_command, user_errors
-from fer.run.config import CONFIG_DIR, register_resolvers
-from fer.run.process import prepare_process
+from fer.run.cli import hydra_entry_point
 from fer.scoring import check_same_classes, print_score_table, score, split_logits
 
 log = logging.getLogger("fer.calibrate")
@@ -101,21 +98,7 @@ def calibrate(cfg: DictConfig) -> dict[str, Any]:
     return {"temperature": temperature, "out": str(target), "scores": rows}
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    with user_errors():
-        prepare_process()
-        return calibrate(cfg)
-
-
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="calibrate")
-def hydra_main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
-def main() -> Any:
-    """``python -m fer.calibrate`` / ``fer-calibrate``."""
-    register_resolvers()
-    return hydra_command(hydra_main)()
+main = hydra_entry_point("calibrate", calibrate)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
@@ -33,9 +32,8 @@ from fer.models import FERModule
 from fer.models.subset import restrict_to_classes
 from fer.results import best_checkpoint, find_runs
 from fer.run.checkpoints import check_checkpoint_path, load_module, recorded_data_config
-from fer.run.cli import hydra_command, user_errors
-from fer.run.config import CONFIG_DIR, plain, register_resolvers
-from fer.run.process import prepare_process
+from fer.run.cli import hydra_entry_point
+from fer.run.config import plain
 from fer.run.trainer import build_trainer, print_metrics_table, scalar_metrics, write_metrics_file
 from fer.scoring import check_same_classes, ensemble_probabilities, print_score_table, score, split_logits
 
@@ -225,21 +223,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    with user_errors():
-        prepare_process()
-        return evaluate(cfg)
-
-
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
-def hydra_main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
-def main() -> Any:
-    """``python -m fer.eval`` / ``fer-eval``."""
-    register_resolvers()
-    return hydra_command(hydra_main)()
+main = hydra_entry_point("eval", evaluate)
 
 
 if __name__ == "__main__":

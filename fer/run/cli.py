@@ -168,3 +168,27 @@ def hydra_command(hydra_main: Callable[[], Any]) -> Callable[[], Any]:
                 os.environ.pop("HYDRA_FULL_ERROR", None)
 
     return run
+
+
+def hydra_entry_point(config_name: str, work: Callable[[Any], Any]) -> Callable[[], Any]:
+    """The ``main`` of a Hydra command that runs ``work(cfg)`` once on ``conf/<config_name>.yaml``, with
+    fer's process set-up and one-line errors (``fer.train`` keeps its own: its task must pickle)."""
+    import hydra
+
+    from fer.run.config import CONFIG_DIR, register_resolvers
+    from fer.run.process import prepare_process
+
+    def task(cfg: Any) -> None:
+        with user_errors():
+            prepare_process()
+            work(cfg)
+
+    task.__module__ = work.__module__  # Hydra names the job (log file, --help) after the task's module
+    hydra_main = hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(task)
+
+    def main() -> Any:
+        register_resolvers()
+        return hydra_command(hydra_main)()
+
+    main.__doc__ = f"``python -m fer.{config_name}`` / ``fer-{config_name}``."
+    return main
