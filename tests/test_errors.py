@@ -2,6 +2,7 @@
 message, a non-zero exit code, no traceback (in this process; one case also as a real process)."""
 
 import shutil
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -105,7 +106,11 @@ def test_offline_pretrained_download_says_where_to_put_the_weights(tiny_data, tm
         "HTTPS_PROXY": "http://127.0.0.1:9",
         "HTTP_PROXY": "http://127.0.0.1:9",
     }
-    result = train_on(tiny_data, outputs, "model.pretrained=true", env=env)
+    try:
+        result = train_on(tiny_data, outputs, "model.pretrained=true", env=env)
+    finally:
+        # urllib keeps the opener (and the dead proxy) of its first request: later requests get a new one
+        urllib.request.install_opener(None)
     assert_clean_error(
         result, "mobilenet_v3_small-047dcff4.pth", "model.weights_path", "model.pretrained=false"
     )

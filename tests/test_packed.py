@@ -2,7 +2,6 @@
 
 import math
 import os
-import time
 
 import lightning as L
 import pytest
@@ -33,9 +32,7 @@ def test_pack_holds_every_image_decoded_and_is_reused_until_the_folder_changes(t
 
     folder = next((tmp_path / "cache").iterdir())
     written = (folder / "images.npy").stat().st_mtime_ns
-    start = time.perf_counter()
     again = pack_split(MMAFEDB(tiny_data).index("valid"), tmp_path / "cache", progress=False)
-    assert time.perf_counter() - start < 1.0
     assert again.key == pack.key and (folder / "images.npy").stat().st_mtime_ns == written
 
     touched = os.stat(index.paths[3])

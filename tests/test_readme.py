@@ -342,26 +342,36 @@ def camera(session: Session, args: list[str]) -> None:
 
 def demo(session: Session, args: list[str]) -> None:
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "fer.demo", *args, "--port", str(port)], cwd=session.root,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    log = session.root / "demo.log"
+    with log.open("w") as printed:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "fer.demo", *args, "--port", str(port)], cwd=session.root,
+            stdout=printed, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     try:
-        page = wait_for_page(server, f"http://127.0.0.1:{port}/")
+        page = wait_for_page(server, f"http://127.0.0.1:{port}/", log)
         assert "gradio" in page.lower(), page[:500]
     finally:
         server.terminate()
         server.wait(timeout=30)
 
 
-def wait_for_page(server: subprocess.Popen, url: str, seconds: float = 180) -> str:
+LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a local server, never through a proxy
+
+
+def wait_for_page(server: subprocess.Popen, url: str, log: Path, seconds: float = 180) -> str:
+    """The page at ``url`` once the server answers; if it never does, what it printed (``log``) says why."""
     deadline = time.monotonic() + seconds
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=5) as answer:
+            with LOCAL.open(url, timeout=5) as answer:
                 return answer.read().decode()
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, f"no answer at {url}"
+        except OSError as error:
+            alive, waited = server.poll() is None, time.monotonic() < deadline
+            assert alive and waited, (
+                f"no answer at {url} ({error!r}; exit code {server.poll()}); the server printed:\n"
+                + log.read_text(errors="replace")[-3000:]
+            )
             time.sleep(0.5)
 
 
@@ -384,12 +394,14 @@ def notebook(session: Session, env: dict[str, str]) -> None:
 def tensorboard(session: Session, args: list[str]) -> None:
     port = free_port()
     tensorboard_bin = shutil.which("tensorboard") or str(Path(sys.executable).with_name("tensorboard"))
-    server = subprocess.Popen(
-        [tensorboard_bin, *args[1:], "--host", "127.0.0.1", "--port", str(port)], cwd=session.root,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    log = session.root / "tensorboard.log"
+    with log.open("w") as printed:
+        server = subprocess.Popen(
+            [tensorboard_bin, *args[1:], "--host", "127.0.0.1", "--port", str(port)], cwd=session.root,
+            stdout=printed, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     try:
-        runs = wait_for_page(server, f"http://127.0.0.1:{port}/data/runs", 300)
+        runs = wait_for_page(server, f"http://127.0.0.1:{port}/data/runs", log, 300)
         assert "train/runs" in runs, runs
     finally:
         server.terminate()
