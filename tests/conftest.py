@@ -21,6 +21,34 @@ from fer.data.synthetic import generate_synthetic_dataset
 
 HYDRA_COMMANDS = ("fer.train", "fer.eval", "fer.calibrate")  # key=value command lines, Hydra's own main
 
+# pytest-xdist runs one worker per core: each worker's torch, and the processes it starts, use one thread
+# (tiny runs are faster on one thread than on two, and two workers with two threads each fight for the cores)
+ONE_THREAD = {"OMP_NUM_THREADS": "1"} if os.environ.get("PYTEST_XDIST_WORKER") else {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if ONE_THREAD:
+        import torch
+
+        torch.set_num_threads(1)
+
+
+# the longest test files (a minute or more of real processes each) start first, so that the workers end
+# together instead of one of them running the README's commands alone at the end
+LONGEST_FIRST = (
+    "test_readme.py",
+    "test_slurm.py",
+    "test_faults.py",
+    "test_launchers.py",
+    "test_schedules.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 # tiny runs: small images, small batches, no workers, no progress bars
 TINY = [
     "data.image_size=32",
@@ -156,7 +184,8 @@ def _close_run_log_handlers() -> None:
 def run_fer(module: str, *args: str, outputs: Path, timeout: int = 600, env: dict | None = None):
     """Run ``python -m <module> <args>`` as a separate process, as a user would; outputs go to ``outputs``.
     For what only a process shows: exit codes after a crash, kill -9, start-up, the console scripts."""
-    full_env = {**os.environ, "FER_OUTPUT_DIR": str(outputs), "PYTHONWARNINGS": "ignore", **(env or {})}
+    full_env = {**os.environ, **ONE_THREAD, "FER_OUTPUT_DIR": str(outputs), "PYTHONWARNINGS": "ignore"}
+    full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         capture_output=True,
