@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import check, events, fer_main, last_scalar, run_dirs, run_fer, tiny_args
+from conftest import NO_FIGURES, check, events, fer_main, last_scalar, run_dirs, run_fer, tiny_args
 
 from fer.run.config import CONFIG_DIR
 
@@ -27,9 +27,10 @@ CONTRACT_SCALARS = [
 
 @pytest.fixture(scope="module")
 def trained(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One 2-epoch training run shared by the tests below: its run folder."""
+    """One 2-epoch training run shared by the tests below, with the TensorBoard figures: its run folder."""
     outputs = tmp_path_factory.mktemp("outputs")
-    check(fer_main("fer.train", *tiny_args(tiny_data, "trainer.max_epochs=2"), outputs=outputs))
+    args = [a for a in tiny_args(tiny_data, "trainer.max_epochs=2") if a not in NO_FIGURES]
+    check(fer_main("fer.train", *args, outputs=outputs))
     (run,) = run_dirs(outputs)
     return run
 
