@@ -186,11 +186,16 @@ def _close_run_log_handlers() -> None:
             root.removeHandler(handler)
 
 
+def process_env(outputs: Path, **extra: str) -> dict[str, str]:
+    """The environment of a fer process a test starts: its outputs under ``outputs``, no warnings, and one
+    thread under pytest-xdist."""
+    return {**os.environ, **ONE_THREAD, "FER_OUTPUT_DIR": str(outputs), "PYTHONWARNINGS": "ignore", **extra}
+
+
 def run_fer(module: str, *args: str, outputs: Path, timeout: int = 600, env: dict | None = None):
     """Run ``python -m <module> <args>`` as a separate process, as a user would; outputs go to ``outputs``.
     For what only a process shows: exit codes after a crash, kill -9, start-up, the console scripts."""
-    full_env = {**os.environ, **ONE_THREAD, "FER_OUTPUT_DIR": str(outputs), "PYTHONWARNINGS": "ignore"}
-    full_env.update(env or {})
+    full_env = process_env(outputs, **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         capture_output=True,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ONE_THREAD, TINY, check, fer_main, run_dirs
+from conftest import TINY, check, fer_main, process_env, run_dirs
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 # 56 training images in batches of 16: 4 steps per epoch, 3 epochs; last.ckpt after every step
@@ -53,7 +53,7 @@ def checkpoint_step(path: Path) -> int | None:
 def kill_when(args: list[str], outputs: Path, ready, poll: float = 0.02) -> None:
     """Start ``python -m fer.train args`` and kill -9 it as soon as ``ready()`` holds (the process goes on
     working meanwhile, so the kill lands wherever it is by then)."""
-    env = {**os.environ, **ONE_THREAD, "FER_OUTPUT_DIR": str(outputs), "PYTHONWARNINGS": "ignore"}
+    env = process_env(outputs)
     process = subprocess.Popen(
         [sys.executable, "-m", "fer.train", *args], env=env, cwd=outputs, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -269,7 +269,7 @@ def test_checkpoint_that_does_not_fit_is_one_clear_error(tiny_data, outputs):
     limit = "import resource, signal, runpy, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
     limit += "resource.setrlimit(resource.RLIMIT_FSIZE, (2_000_000, 2_000_000)); "
     limit += "sys.argv = ['fer.train'] + sys.argv[1:]; runpy.run_module('fer.train', run_name='__main__')"
-    env = {**os.environ, **ONE_THREAD, "FER_OUTPUT_DIR": str(outputs), "PYTHONWARNINGS": "ignore"}
+    env = process_env(outputs)
     result = subprocess.run(
         [sys.executable, "-c", limit, *train_args(tiny_data, "trainer.max_epochs=1")],
         env=env, cwd=outputs, capture_output=True, text=True, timeout=600,

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ONE_THREAD, assert_clean_error, check, fer_main, tiny_args
+from conftest import assert_clean_error, check, fer_main, process_env, tiny_args
 
 from fer.errors import FERError
 from fer.run.launch import check_slurm_allocation
@@ -115,7 +115,7 @@ def test_optuna_trials_two_at_a_time_in_shared_sqlite_storage(tiny_data, outputs
 def started_sweep_killed_in_job(args: list[str], outputs: Path, job: str, after_step: int) -> Path:
     """Start ``python -m fer.train -m args`` and kill -9 it once job ``job``'s last.ckpt holds ``after_step``
     steps (the jobs before it finished; the ones after it never started)."""
-    env = {**os.environ, **ONE_THREAD, "FER_OUTPUT_DIR": str(outputs), "PYTHONWARNINGS": "ignore"}
+    env = process_env(outputs)
     process = subprocess.Popen(
         [sys.executable, "-m", "fer.train", "-m", *args], env=env, cwd=outputs, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

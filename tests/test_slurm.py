@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ONE_THREAD, check, tiny_args
+from conftest import check, process_env, tiny_args
 
 pytestmark = [
     pytest.mark.slurm,
@@ -37,7 +37,7 @@ SLURM = ["hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launch
 
 
 def start_sweep(outputs: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, **ONE_THREAD, "FER_OUTPUT_DIR": str(outputs), "PYTHONWARNINGS": "ignore"}
+    env = process_env(outputs)
     return subprocess.Popen(
         [sys.executable, "-m", "fer.train", "-m", *args], env=env, cwd=outputs, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
