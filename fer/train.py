@@ -35,8 +35,10 @@ from fer.run.trainer import (
     finish_loggers,
     log_hparams_with_metrics,
     print_metrics_table,
+    read_fit_metrics,
     read_metrics_file,
     scalar_metrics,
+    write_fit_metrics,
     write_metrics_file,
 )
 
@@ -123,9 +125,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
 
     log.info("World size %d (this process: rank %d)", trainer.world_size, trainer.global_rank)
+    run_dir = Path(cfg.paths.output_dir)
+    metrics = read_fit_metrics(run_dir) if resuming else {}
     if cfg.get("train"):
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    metrics = scalar_metrics(trainer.callback_metrics)
+        metrics.update(scalar_metrics(trainer.callback_metrics))
+        if trainer.is_global_zero:
+            write_fit_metrics(run_dir, metrics)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.get("test"):
@@ -140,13 +146,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(scalar_metrics(trainer.callback_metrics))
 
     metrics["run/seconds"] = time.perf_counter() - start
-    log_hparams_with_metrics(trainer, run_hparams(cfg), HPARAM_METRICS)
+    log_hparams_with_metrics(trainer, run_hparams(cfg), metrics, HPARAM_METRICS)
     finish_loggers(trainer)
     notes = {"run folder": cfg.paths.output_dir}
     if best:
         notes["best checkpoint"] = best
     if trainer.is_global_zero:
-        write_metrics_file(Path(cfg.paths.output_dir), metrics, best or None)
+        write_metrics_file(run_dir, metrics, best or None)
     print_metrics_table("final metrics", metrics, notes)
     return metrics
 

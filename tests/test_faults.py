@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY, check, fer_main, process_env, run_dirs
+from lightning import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 # 56 training images in batches of 16: 4 steps per epoch, 3 epochs; last.ckpt after every step
@@ -156,6 +157,31 @@ def test_killed_run_resumes_in_its_folder_to_the_same_result(
     assert (resumed / "run_info.json").is_file() and (run / ".hydra" / "run_info.json").is_file()
     assert json.loads((resumed / "run_info.json").read_text())["resumed_from"].endswith("last.ckpt")
     assert not list((run / "checkpoints").glob(".*.tmp"))
+
+
+class FailWhenTesting(Callback):
+    """Ends a run between its fit and its test, where a kill during the (long) test of a real run lands."""
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        raise RuntimeError("stopped as the test starts")
+
+
+def test_run_stopped_during_its_test_resumes_to_the_full_metrics_of_the_uninterrupted_run(
+    tiny_data, outputs, uninterrupted
+):
+    stop = f"+callbacks.stop._target_={__name__}.FailWhenTesting"
+    with pytest.raises(RuntimeError, match="stopped as the test starts"):
+        fer_main("fer.train", *train_args(tiny_data, stop), outputs=outputs)
+    (run,) = run_dirs(outputs)
+    assert not (run / "metrics.json").exists() and (run / "fit_metrics.json").is_file()
+
+    # the resumed start has nothing left to train: the fit's metrics come from the earlier start
+    result = check(
+        fer_main("fer.train", f"resume={run}", "+callbacks.stop._target_=lightning.Callback", outputs=outputs)
+    )
+    assert "was not logged" not in result.output
+    assert_same_run(run, uninterrupted)
+    assert metrics(run)["val/acc_best"] == metrics(uninterrupted)["val/acc_best"]
 
 
 def test_same_seed_gives_identical_metrics_and_weights(tiny_data, tmp_path, uninterrupted):

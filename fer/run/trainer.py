@@ -24,6 +24,7 @@ from fer.stats import CI_SUFFIXES
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
+FIT_METRICS_FILE = "fit_metrics.json"
 ACCELERATOR_HINT = "use trainer=default (a GPU when there is one, else the CPU) or trainer=cpu"
 
 
@@ -147,16 +148,14 @@ def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 @rank_zero_only
-def log_hparams_with_metrics(trainer: Trainer, params: Mapping[str, Any], metric_names: list[str]) -> None:
+def log_hparams_with_metrics(
+    trainer: Trainer, params: Mapping[str, Any], final: Mapping[str, float], metric_names: list[str]
+) -> None:
     """Each logger's record of the run's hyper-parameters with its final metrics (TensorBoard's HPARAMS
     tab, MLflow's parameters, W&B's config), through the loggers' own ``log_hyperparams``."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    metrics = {
-        name: float(trainer.callback_metrics[name])
-        for name in metric_names
-        if name in trainer.callback_metrics
-    }
+    metrics = {name: final[name] for name in metric_names if name in final}
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(dict(params), metrics=metrics or None)
@@ -192,6 +191,19 @@ def write_metrics_file(
 def read_metrics_file(run_dir: Path) -> dict[str, float]:
     """The final metrics a finished run wrote."""
     return json.loads((run_dir / METRICS_FILE).read_text())["metrics"]
+
+
+def write_fit_metrics(run_dir: Path, metrics: Mapping[str, float]) -> None:
+    """What the fit ended with: a start of the run with nothing left to train (it was killed during its
+    test, or had finished) takes its training and validation metrics from here."""
+    text = json.dumps(dict(metrics), indent=2, sort_keys=True) + "\n"
+    atomic_write_text(run_dir / FIT_METRICS_FILE, text, "fit metrics")
+
+
+def read_fit_metrics(run_dir: Path) -> dict[str, float]:
+    """The metrics an earlier start of this run ended its fit with (none if no start finished its fit)."""
+    path = run_dir / FIT_METRICS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 @rank_zero_only
