@@ -129,8 +129,8 @@ def assert_same_run(run: Path, reference: Path, exact: bool = False) -> None:
 
 @pytest.mark.parametrize(
     ("kill_after", "how", "extra"),
-    [(5, "resume", ()), (2, "ckpt_path", ()), (6, "resume", ("scheduler=onecycle",))],
-    ids=["mid-epoch-1-resume", "mid-epoch-0-ckpt_path", "mid-epoch-1-onecycle"],
+    [(5, "resume", ()), (4, "ckpt_path", ()), (6, "resume", ("scheduler=onecycle",))],
+    ids=["mid-epoch-1-resume", "epoch-0-end-ckpt_path", "mid-epoch-1-onecycle"],
 )
 def test_killed_run_resumes_in_its_folder_to_the_same_result(
     kill_after, how, extra, tiny_data, tmp_path, references

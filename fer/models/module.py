@@ -159,6 +159,8 @@ class FERModule(LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         for metric in (self.train_loss, self.train_acc):
             metric.persistent(True)
+        # the epoch those running sums belong to (checkpoints carry it): a resumed run knows whether to go on
+        self.train_metrics_epoch = -1
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_metrics = _eval_metrics(num_classes).clone(prefix="val/")
         self.test_metrics = _eval_metrics(num_classes).clone(prefix="test/")
@@ -277,10 +279,11 @@ class FERModule(LightningModule):
         # BackboneFinetuning may have unfrozen layers: BatchNorm modes follow requires_grad again.
         self.train(True)
         # the running train metrics are saved in checkpoints (persistent states) so that an epoch resumed
-        # in its middle goes on counting; an epoch that starts from its first batch starts from zero
-        if self.trainer.fit_loop.epoch_loop.batch_progress.current.completed == 0:
+        # in its middle goes on counting; a new epoch starts from zero
+        if self.train_metrics_epoch != self.current_epoch:
             self.train_loss.reset()
             self.train_acc.reset()
+            self.train_metrics_epoch = self.current_epoch
 
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
         loss, preds, y, _ = self.model_step(batch)
@@ -407,7 +410,9 @@ class FERModule(LightningModule):
 
     # --- checkpoints and inference ------------------------------------------------------------------
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.restored_schedule_length = (checkpoint.get("fer") or {}).get("schedule_length")
+        recorded = checkpoint.get("fer") or {}
+        self.restored_schedule_length = recorded.get("schedule_length")
+        self.train_metrics_epoch = int(recorded.get("train_metrics_epoch", -1))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The weights are in the state dict: loading must never try to download or read them again.
@@ -416,6 +421,7 @@ class FERModule(LightningModule):
             "pretrained": hparams.get("pretrained"),
             "weights_path": hparams.get("weights_path"),
             "schedule_length": self.schedule_length,
+            "train_metrics_epoch": self.train_metrics_epoch,
         }
         hparams.update(pretrained=False, weights_path=None)
         checkpoint["hyper_parameters"] = hparams

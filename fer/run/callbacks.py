@@ -21,7 +21,7 @@ LAST_CHECKPOINT = "last.ckpt"
 
 
 class LastCheckpoint(Checkpoint):
-    """``<dirpath>/last.ckpt`` after every epoch, whatever the validation metric did, and with
+    """``<dirpath>/last.ckpt`` at the end of every epoch, whatever the validation metric did, and with
     ``every_n_train_steps=N`` also every N optimizer steps inside an epoch: a run killed at any moment loses
     at most N steps, and ``resume=<run folder>`` continues from it. (The best checkpoint is Lightning's
     ``ModelCheckpoint``, chosen at validation.)"""
@@ -59,15 +59,13 @@ class LastCheckpoint(Checkpoint):
         if every < 1 or trainer.global_step % every:
             return
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            return  # the epoch's own checkpoint follows its validation
+            return  # the epoch's own checkpoint follows its end
         self._save(trainer)
 
-    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            self._save(trainer)
-
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._save(trainer)  # (an epoch without validation; after validation it was saved there already)
+        # the last callback of the epoch's end (build_trainer puts it there): the best checkpoint and early
+        # stopping have seen this epoch, so the state they resume with is the uninterrupted run's
+        self._save(trainer)
 
 
 class StepSeed(Callback):

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from fer.errors import FERError
 from fer.files import atomic_write_text
+from fer.run.callbacks import LastCheckpoint
 from fer.run.launch import check_slurm_allocation
 from fer.run.tracking import check_logger_packages
 from fer.stats import CI_SUFFIXES
@@ -100,6 +101,8 @@ def build_trainer(
     callbacks = instantiate_all(cfg.get("callbacks"), "callback") + list(extra_callbacks or [])
     if cfg.trainer.get("enable_progress_bar") is False:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    # last.ckpt records what every other callback did at an epoch's end: LastCheckpoint runs after them
+    callbacks.sort(key=lambda callback: isinstance(callback, LastCheckpoint))
     check_checkpoint_folders(callbacks, resuming=resume_step is not None)
     purge = {"TensorBoardLogger": {"purge_step": resume_step}} if resume_step else None
     check_logger_packages(cfg.get("logger"))
