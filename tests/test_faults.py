@@ -85,6 +85,38 @@ def train_and_kill(data: Path, outputs: Path, after_step: int, *extra: str) -> P
     return run
 
 
+class StopFirstStart(Callback):
+    """Ends the first start of a run where a kill would: before training step ``at_step + 1`` (last.ckpt then
+    holds ``at_step`` steps), or with no ``at_step`` as its test starts. A resumed start goes on."""
+
+    def __init__(self, at_step: int | None = None) -> None:
+        self.at_step = at_step
+        self.resumed = False
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self.resumed = self.resumed or trainer.state.fn == "fit"
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if not self.resumed and trainer.global_step == self.at_step:
+            raise RuntimeError(f"stopped after step {self.at_step}")
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        if not self.resumed and self.at_step is None:
+            raise RuntimeError("stopped as the test starts")
+
+
+def train_and_stop(data: Path, outputs: Path, at_step: int | None, *extra: str) -> Path:
+    """A run of this process stopped by :class:`StopFirstStart` (``at_step``); its folder."""
+    stop = [
+        f"+callbacks.stop._target_={__name__}.StopFirstStart",
+        f"+callbacks.stop.at_step={'null' if at_step is None else at_step}",
+    ]
+    with pytest.raises(RuntimeError, match=r"^stopped "):
+        fer_main("fer.train", *train_args(data, *stop, *extra), outputs=outputs)
+    (run,) = run_dirs(outputs)
+    return run
+
+
 @pytest.fixture(scope="module")
 def references(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory):
     """The uninterrupted run of a configuration (extra overrides), trained once per module."""
@@ -128,18 +160,27 @@ def assert_same_run(run: Path, reference: Path, exact: bool = False) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kill_after", "how", "extra"),
-    [(5, "resume", ()), (4, "ckpt_path", ()), (6, "resume", ("scheduler=onecycle",))],
-    ids=["mid-epoch-1-resume", "epoch-0-end-ckpt_path", "mid-epoch-1-onecycle"],
+    ("stop", "step", "how", "extra"),
+    [
+        ("kill -9", 5, "resume", ()),
+        ("in-process", 4, "ckpt_path", ()),
+        ("in-process", 6, "resume", ("scheduler=onecycle",)),
+    ],
+    ids=["killed-mid-epoch-1-resume", "epoch-0-end-ckpt_path", "mid-epoch-1-onecycle"],
 )
 def test_killed_run_resumes_in_its_folder_to_the_same_result(
-    kill_after, how, extra, tiny_data, tmp_path, references
+    stop, step, how, extra, tiny_data, tmp_path, references
 ):
+    # step 4 ends epoch 0: the checkpoint written after every other callback has seen the epoch's end
     # (one-cycle counts the run's steps when its optimizer is built, before the checkpoint is restored)
     uninterrupted = references(*extra)
     outputs = tmp_path / "outputs"
     outputs.mkdir()
-    run = train_and_kill(tiny_data, outputs, kill_after, *extra)
+    if stop == "kill -9":
+        run = train_and_kill(tiny_data, outputs, step, *extra)
+    else:
+        run = train_and_stop(tiny_data, outputs, step, *extra)
+        assert checkpoint_step(run / "checkpoints" / "last.ckpt") == step
     assert not (run / "metrics.json").exists()
     target = f"resume={run}" if how == "resume" else f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}"
     # no other override: the run's recorded configuration is used again
@@ -159,26 +200,14 @@ def test_killed_run_resumes_in_its_folder_to_the_same_result(
     assert not list((run / "checkpoints").glob(".*.tmp"))
 
 
-class FailWhenTesting(Callback):
-    """Ends a run between its fit and its test, where a kill during the (long) test of a real run lands."""
-
-    def on_test_start(self, trainer, pl_module) -> None:
-        raise RuntimeError("stopped as the test starts")
-
-
 def test_run_stopped_during_its_test_resumes_to_the_full_metrics_of_the_uninterrupted_run(
     tiny_data, outputs, uninterrupted
 ):
-    stop = f"+callbacks.stop._target_={__name__}.FailWhenTesting"
-    with pytest.raises(RuntimeError, match="stopped as the test starts"):
-        fer_main("fer.train", *train_args(tiny_data, stop), outputs=outputs)
-    (run,) = run_dirs(outputs)
+    run = train_and_stop(tiny_data, outputs, None)  # where a kill during the (long) test of a real run lands
     assert not (run / "metrics.json").exists() and (run / "fit_metrics.json").is_file()
 
     # the resumed start has nothing left to train: the fit's metrics come from the earlier start
-    result = check(
-        fer_main("fer.train", f"resume={run}", "+callbacks.stop._target_=lightning.Callback", outputs=outputs)
-    )
+    result = check(fer_main("fer.train", f"resume={run}", outputs=outputs))
     assert "was not logged" not in result.output
     assert_same_run(run, uninterrupted)
     assert metrics(run)["val/acc_best"] == metrics(uninterrupted)["val/acc_best"]
@@ -335,6 +364,6 @@ def test_per_image_path_resumes_to_the_same_result_whatever_the_workers(tiny_dat
 
     outputs = tmp_path / "outputs"
     outputs.mkdir()
-    run = train_and_kill(tiny_data, outputs, 6, "data.packed=false", "data.num_workers=2")
+    run = train_and_stop(tiny_data, outputs, 6, "data.packed=false", "data.num_workers=2")
     check(fer_main("fer.train", f"resume={run}", outputs=outputs))
     assert_same_run(run, reference)
