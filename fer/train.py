@@ -31,14 +31,13 @@ from fer.run.process import prepare_process
 from fer.run.record import record_run
 from fer.run.resume import FINISHED, compose_resumed, earlier_sweep_start, resume_folder, resumed_run
 from fer.run.trainer import (
+    FIT_METRICS_FILE,
     build_trainer,
     finish_loggers,
     log_hparams_with_metrics,
     print_metrics_table,
-    read_fit_metrics,
     read_metrics_file,
     scalar_metrics,
-    write_fit_metrics,
     write_metrics_file,
 )
 
@@ -126,14 +125,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     log.info("World size %d (this process: rank %d)", trainer.world_size, trainer.global_rank)
     run_dir = Path(cfg.paths.output_dir)
-    metrics = read_fit_metrics(run_dir) if resuming else {}
+    metrics = read_metrics_file(run_dir, FIT_METRICS_FILE) if resuming else {}
     if cfg.get("train"):
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics.update(scalar_metrics(trainer.callback_metrics))
-        if trainer.is_global_zero:
-            write_fit_metrics(run_dir, metrics)
-
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if cfg.get("train") and trainer.is_global_zero:
+        write_metrics_file(run_dir, metrics, best or None, name=FIT_METRICS_FILE)
+
     if cfg.get("test"):
         if not best and cfg.get("train"):
             log.warning(
@@ -146,7 +145,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(scalar_metrics(trainer.callback_metrics))
 
     metrics["run/seconds"] = time.perf_counter() - start
-    log_hparams_with_metrics(trainer, run_hparams(cfg), metrics, HPARAM_METRICS)
+    final = {name: metrics[name] for name in HPARAM_METRICS if name in metrics}
+    log_hparams_with_metrics(trainer, run_hparams(cfg), final)
     finish_loggers(trainer)
     notes = {"run folder": cfg.paths.output_dir}
     if best:

@@ -159,7 +159,7 @@ class FERModule(LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         for metric in (self.train_loss, self.train_acc):
             metric.persistent(True)
-        # the epoch those running sums belong to (checkpoints carry it): a resumed run knows whether to go on
+        # the epoch those running sums belong to (a restored checkpoint's epoch): whether a resumed run goes on
         self.train_metrics_epoch = -1
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_metrics = _eval_metrics(num_classes).clone(prefix="val/")
@@ -410,9 +410,8 @@ class FERModule(LightningModule):
 
     # --- checkpoints and inference ------------------------------------------------------------------
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        recorded = checkpoint.get("fer") or {}
-        self.restored_schedule_length = recorded.get("schedule_length")
-        self.train_metrics_epoch = int(recorded.get("train_metrics_epoch", -1))
+        self.restored_schedule_length = (checkpoint.get("fer") or {}).get("schedule_length")
+        self.train_metrics_epoch = int(checkpoint.get("epoch", -1))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The weights are in the state dict: loading must never try to download or read them again.
@@ -421,7 +420,6 @@ class FERModule(LightningModule):
             "pretrained": hparams.get("pretrained"),
             "weights_path": hparams.get("weights_path"),
             "schedule_length": self.schedule_length,
-            "train_metrics_epoch": self.train_metrics_epoch,
         }
         hparams.update(pretrained=False, weights_path=None)
         checkpoint["hyper_parameters"] = hparams

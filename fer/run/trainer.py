@@ -152,13 +152,12 @@ def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 @rank_zero_only
 def log_hparams_with_metrics(
-    trainer: Trainer, params: Mapping[str, Any], final: Mapping[str, float], metric_names: list[str]
+    trainer: Trainer, params: Mapping[str, Any], metrics: Mapping[str, float]
 ) -> None:
     """Each logger's record of the run's hyper-parameters with its final metrics (TensorBoard's HPARAMS
     tab, MLflow's parameters, W&B's config), through the loggers' own ``log_hyperparams``."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    metrics = {name: final[name] for name in metric_names if name in final}
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(dict(params), metrics=metrics or None)
@@ -181,32 +180,25 @@ def finish_loggers(trainer: Trainer) -> None:
 
 
 def write_metrics_file(
-    run_dir: Path, metrics: Mapping[str, float], best_checkpoint: str | None, **extra: Any
+    run_dir: Path,
+    metrics: Mapping[str, float],
+    best_checkpoint: str | None,
+    name: str = METRICS_FILE,
+    **extra: Any,
 ) -> Path:
     """The run's final metrics as JSON in its folder (what ``fer.report`` and scripts read), and ``extra``
-    entries (``fer.eval``: which classes were evaluated)."""
+    entries (``fer.eval``: which classes were evaluated). ``name=FIT_METRICS_FILE``: what the fit ended
+    with, for a later start of the run that has nothing left to train (killed during its test)."""
     payload = {"metrics": dict(metrics), "best_checkpoint": best_checkpoint, **extra}
-    return atomic_write_text(
-        run_dir / METRICS_FILE, json.dumps(payload, indent=2, sort_keys=True) + "\n", "metrics"
-    )
+    return atomic_write_text(run_dir / name, json.dumps(payload, indent=2, sort_keys=True) + "\n", "metrics")
 
 
-def read_metrics_file(run_dir: Path) -> dict[str, float]:
-    """The final metrics a finished run wrote."""
-    return json.loads((run_dir / METRICS_FILE).read_text())["metrics"]
-
-
-def write_fit_metrics(run_dir: Path, metrics: Mapping[str, float]) -> None:
-    """What the fit ended with: a start of the run with nothing left to train (it was killed during its
-    test, or had finished) takes its training and validation metrics from here."""
-    text = json.dumps(dict(metrics), indent=2, sort_keys=True) + "\n"
-    atomic_write_text(run_dir / FIT_METRICS_FILE, text, "fit metrics")
-
-
-def read_fit_metrics(run_dir: Path) -> dict[str, float]:
-    """The metrics an earlier start of this run ended its fit with (none if no start finished its fit)."""
-    path = run_dir / FIT_METRICS_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+def read_metrics_file(run_dir: Path, name: str = METRICS_FILE) -> dict[str, float]:
+    """The metrics a run wrote (``name=FIT_METRICS_FILE``: its fit's, empty if no start finished a fit)."""
+    path = run_dir / name
+    if name == FIT_METRICS_FILE and not path.is_file():
+        return {}
+    return json.loads(path.read_text())["metrics"]
 
 
 @rank_zero_only
