@@ -146,12 +146,17 @@ def check_replaceable(folder: Path, marker: str, what: str, fix: str) -> None:
 
 
 @contextlib.contextmanager
-def building_folder(target: str | Path, marker: str, what: str, fix: str) -> Iterator[Path]:
+def building_folder(
+    target: str | Path, marker: str, what: str, fix: str, replace: bool = True
+) -> Iterator[Path]:
     """Build a folder in a temporary sibling, then put it at ``target`` in one rename.
 
     ``target`` must be replaceable (:func:`is_replaceable`); the body must write ``marker`` into the
     temporary folder, so that fer recognises the folder as its own next time. Readers see the old tree or
-    the new one, never a half-written one; on an error the temporary folder is removed.
+    the new one, never a half-written one; on an error the temporary folder is removed. A folder named by
+    its content (a cache, ``replace=False``) that another process completed meanwhile is kept, and
+    FileExistsError tells the caller to use it; so does a folder that appears between the check and the
+    rename, whatever ``replace`` says.
     """
     target = Path(target).absolute()
     check_replaceable(target, marker, what, fix)
@@ -163,13 +168,26 @@ def building_folder(target: str | Path, marker: str, what: str, fix: str) -> Ite
         if not (tmp / marker).is_file():
             raise RuntimeError(f"building_folder: the new {what} holds no {marker}")
         check_replaceable(target, marker, what, fix)  # (nothing appeared there meanwhile)
+        if (target / marker).is_file() and not replace:
+            raise FileExistsError(errno.EEXIST, f"another process made the {what} meanwhile", str(target))
         if target.exists():
             old = temporary_sibling(target, "old")
             target.rename(old)
-            tmp.rename(target)
+            _rename_into_place(tmp, target, what)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            tmp.rename(target)
+            _rename_into_place(tmp, target, what)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _rename_into_place(tmp: Path, target: Path, what: str) -> None:
+    try:
+        tmp.rename(target)
+    except OSError as error:
+        if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
+        raise FileExistsError(
+            errno.EEXIST, f"another process made the {what} meanwhile", str(target)
+        ) from None

@@ -1,5 +1,6 @@
 """Packed data, batched augmentation and cached features: fast paths that must not change the results."""
 
+import contextlib
 import math
 import os
 
@@ -9,7 +10,7 @@ import torch
 from conftest import make_tree
 from torchvision.transforms import v2
 
-from fer.data import FERDataModule
+from fer.data import FERDataModule, packing
 from fer.data.augment import BatchAugmentation, _crop_boxes
 from fer.data.decode import load_image
 from fer.data.loaders import PackedBatches
@@ -40,6 +41,28 @@ def test_pack_holds_every_image_decoded_and_is_reused_until_the_folder_changes(t
     changed = pack_split(MMAFEDB(tiny_data).index("valid"), tmp_path / "cache", progress=False)
     assert changed.key != pack.key
     assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_a_pack_that_another_rank_finished_first_is_kept_and_used(tiny_data, tmp_path, monkeypatch):
+    """Every DDP rank packs a split that is not packed yet: the one that finishes second keeps the first's."""
+    index = MMAFEDB(tiny_data).index("valid")
+    cache = tmp_path / "cache"
+    building = packing.building_folder
+    other = {}
+
+    @contextlib.contextmanager
+    def racing(target, *args, **kwargs):
+        with building(target, *args, **kwargs) as tmp:
+            yield tmp
+            monkeypatch.setattr(packing, "building_folder", building)
+            other["pack"] = pack_split(index, cache, progress=False)  # the other rank's, complete first
+            other["written"] = (target / "images.npy").stat().st_mtime_ns
+
+    monkeypatch.setattr(packing, "building_folder", racing)
+    pack = pack_split(index, cache, progress=False)
+    (folder,) = cache.iterdir()  # no temporary folder left
+    assert (folder / "images.npy").stat().st_mtime_ns == other["written"]
+    assert torch.equal(pack.images, other["pack"].images) and pack.labels.tolist() == list(index.labels)
 
 
 def test_pack_resizes_odd_sizes_and_keeps_rgb(tmp_path):

@@ -174,7 +174,7 @@ def _write_pack(
     """Decode the split into ``folder``; samples that cannot be decoded are left out (and listed in it)."""
     channels = 1 if grayscale else 3
     fix = "Set data.cache_dir to a folder of fer's own (data/cache by default)."
-    with building_folder(folder, PACK_MARKER, "packed data", fix) as tmp:
+    with building_folder(folder, PACK_MARKER, "packed data", fix, replace=False) as tmp:
         array_path = str(tmp / "images.npy")
         shape = (len(index), channels, size, size)
         images = np.lib.format.open_memmap(array_path, mode="w+", dtype=np.uint8, shape=shape)
