@@ -1,12 +1,13 @@
 """Every user error of the data layout, devices and checkpoints, through the real entry point: one clear
-message, a non-zero exit code, no traceback (in this process; one case also as a real process)."""
+message, a non-zero exit code, no traceback (in this process; test_config.py and test_predict.py check the
+same as real processes)."""
 
 import shutil
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import TINY, assert_clean_error, fer_main, run_fer
+from conftest import TINY, assert_clean_error, fer_main
 
 
 def copy_tree(tiny_data: Path, tmp_path: Path) -> Path:
@@ -49,12 +50,9 @@ def break_unreadable_image(root: Path) -> str:
     return str(bad)
 
 
-@pytest.mark.slow
 def test_missing_data_dir_says_how_to_get_mmafedb(tmp_path, outputs):
     args = ["data=mmafedb", f"data.data_dir={tmp_path / 'MMAFEDB'}", *TINY]
-    result = run_fer(
-        "fer.train", *args, outputs=outputs
-    )  # a real process: exit code and stderr as a user sees them
+    result = fer_main("fer.train", *args, outputs=outputs)
     assert_clean_error(result, str(tmp_path / "MMAFEDB"), "Kaggle", "data=synthetic")
 
 

@@ -6,6 +6,7 @@ entry point in this process (``fer_main``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -319,16 +320,24 @@ def test_unwritable_output_folder_is_one_clear_error(tiny_data, tmp_path, output
     assert "Cannot write to the output folder" in line and str(blocker) in line and "paths.log_dir" in line
 
 
+@contextlib.contextmanager
+def file_size_limit(limit: int):
+    """Writes past ``limit`` bytes fail the way they do on a full disk (the OS refuses them), in this process."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
 def test_checkpoint_that_does_not_fit_is_one_clear_error(tiny_data, outputs):
-    # a file-size limit makes writing the ~10 MB checkpoint fail the way a full disk does (the OS refuses)
-    limit = "import resource, signal, runpy, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-    limit += "resource.setrlimit(resource.RLIMIT_FSIZE, (2_000_000, 2_000_000)); "
-    limit += "sys.argv = ['fer.train'] + sys.argv[1:]; runpy.run_module('fer.train', run_name='__main__')"
-    env = process_env(outputs)
-    result = subprocess.run(
-        [sys.executable, "-c", limit, *train_args(tiny_data, "trainer.max_epochs=1")],
-        env=env, cwd=outputs, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    with file_size_limit(2_000_000):  # the ~10 MB checkpoint does not fit
+        result = fer_main("fer.train", *train_args(tiny_data, "trainer.max_epochs=1"), outputs=outputs)
     assert result.returncode == 2, result.stderr[-3000:]
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("fer: error:")]
     assert "Cannot write the checkpoint" in line and "File too large" in line

@@ -31,10 +31,10 @@ needs_joblib = pytest.mark.skipif(
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 
 
-@pytest.fixture()
-def fresh_workers():
-    """Joblib keeps its worker processes for the next sweep; each test starts its own (with its outputs'
-    environment) and stops them at the end."""
+@pytest.fixture(scope="module")
+def joblib_workers():
+    """Joblib keeps its worker processes for the next sweep: the sweeps here share two (each names its
+    outputs with ``paths.log_dir``, so the workers' environment does not matter), stopped at the end."""
     from joblib.externals.loky import get_reusable_executor
 
     get_reusable_executor().shutdown(wait=True)
@@ -60,10 +60,10 @@ def job_folders(sweep: Path) -> list[Path]:
 
 @needs_joblib
 def test_parallel_jobs_run_at_once_each_in_its_folder_with_its_share_of_the_cores(
-    tiny_data, outputs, fresh_workers
+    tiny_data, outputs, joblib_workers
 ):
     # long enough that the second worker process is up (it imports torch) before the first job ends
-    args = tiny_args(tiny_data, "trainer.max_epochs=6", "seed=1,2")
+    args = tiny_args(tiny_data, "trainer.max_epochs=6", "seed=1,2", f"paths.log_dir={outputs}")
     check(
         fer_main(
             "fer.train", "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *args, outputs=outputs
@@ -86,10 +86,10 @@ def test_parallel_jobs_run_at_once_each_in_its_folder_with_its_share_of_the_core
 
 
 @needs_joblib
-def test_optuna_trials_two_at_a_time_in_shared_sqlite_storage(tiny_data, outputs, fresh_workers):
+def test_optuna_trials_two_at_a_time_in_shared_sqlite_storage(tiny_data, outputs, joblib_workers):
     database = outputs / "fer.db"
     # jobs of a few seconds each, longer than the gap between the two workers' starts, so that they overlap
-    args = tiny_args(tiny_data, "trainer.max_epochs=4")
+    args = tiny_args(tiny_data, "trainer.max_epochs=4", f"paths.log_dir={outputs}")
     check(
         fer_main(
             "fer.train", "hparams_search=optuna", "hparams_search.n_trials=2", f"hparams_search.storage={database}",

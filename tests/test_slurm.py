@@ -2,8 +2,9 @@
 submits each job with submitit, ``trainer=slurm_sim`` runs it as 2 SLURM tasks that are 2 gloo DDP ranks, and
 a requeued job continues from the last.ckpt in its own folder.
 
-Each sweep is a real ``python -m fer.train`` process (the task must pickle by reference to fer.train) whose
-SLURM jobs start their own interpreters: about a minute for the module on 2 cores."""
+The requeued sweep is a real ``python -m fer.train`` process, as a user starts it (its task, defined in
+``__main__``, must pickle by reference to fer.train); the other two run the real main in this process. Their
+SLURM jobs start interpreters of their own: about a minute for the module on 2 cores."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import check, process_env, tiny_args
+from conftest import ONE_THREAD, check, fer_main, process_env, tiny_args
 
 pytestmark = [
     pytest.mark.slurm,
@@ -56,6 +57,15 @@ def finish(process: subprocess.Popen) -> str:
     return output
 
 
+def run_sweep(outputs: Path, *args: str) -> str:
+    """``python -m fer.train -m args`` through its real main in this process (its SLURM jobs with one CPU
+    thread each, as the processes that the tests start): what it printed."""
+    result = check(
+        fer_main("fer.train", "-m", *args, outputs=outputs, env={**ONE_THREAD, "PYTHONWARNINGS": "ignore"})
+    )
+    return result.output
+
+
 def sweep_folder(outputs: Path) -> Path:
     (sweep,) = sorted((outputs / "train" / "multiruns").iterdir())
     return sweep
@@ -69,7 +79,7 @@ def metrics(job: Path) -> dict[str, float]:
 def grid(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-job grid sweep through SLURM, each job 2 tasks (2 DDP ranks on CPU): its sweep folder."""
     outputs = tmp_path_factory.mktemp("slurm_grid")
-    finish(start_sweep(outputs, *SLURM, *tiny_args(tiny_data, "trainer=slurm_sim", *RUN, "seed=1,2")))
+    run_sweep(outputs, *SLURM, *tiny_args(tiny_data, "trainer=slurm_sim", *RUN, "seed=1,2"))
     return sweep_folder(outputs)
 
 
@@ -94,15 +104,8 @@ def test_grid_sweep_runs_each_job_as_two_slurm_tasks_in_its_own_folder(grid):
 
 def test_optuna_sweep_through_slurm_writes_its_results(tiny_data, outputs):
     args = tiny_args(tiny_data, "trainer=cpu", "trainer.max_epochs=1")
-    output = finish(
-        start_sweep(
-            outputs,
-            "hparams_search=optuna",
-            "hparams_search.n_trials=2",
-            "hydra.sweeper.n_jobs=2",
-            *SLURM,
-            *args,
-        )
+    output = run_sweep(
+        outputs, "hparams_search=optuna", "hparams_search.n_trials=2", "hydra.sweeper.n_jobs=2", *SLURM, *args
     )
     sweep = sweep_folder(outputs)
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
