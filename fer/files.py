@@ -153,10 +153,10 @@ def building_folder(
 
     ``target`` must be replaceable (:func:`is_replaceable`); the body must write ``marker`` into the
     temporary folder, so that fer recognises the folder as its own next time. Readers see the old tree or
-    the new one, never a half-written one; on an error the temporary folder is removed. A folder named by
-    its content (a cache, ``replace=False``) that another process completed meanwhile is kept, and
-    FileExistsError tells the caller to use it; so does a folder that appears between the check and the
-    rename, whatever ``replace`` says.
+    the new one, never a half-written one; on an error the temporary folder is removed. With
+    ``replace=False`` (a cache named by its content) a folder that another process completed meanwhile is
+    kept; FileExistsError then tells the caller to use it, as it does for a folder that appears between the
+    check and the rename whatever ``replace`` says.
     """
     target = Path(target).absolute()
     check_replaceable(target, marker, what, fix)
@@ -168,21 +168,20 @@ def building_folder(
         if not (tmp / marker).is_file():
             raise RuntimeError(f"building_folder: the new {what} holds no {marker}")
         check_replaceable(target, marker, what, fix)  # (nothing appeared there meanwhile)
-        if (target / marker).is_file() and not replace:
-            raise FileExistsError(errno.EEXIST, f"another process made the {what} meanwhile", str(target))
-        if target.exists():
+        if target.exists() and (replace or not (target / marker).is_file()):
             old = temporary_sibling(target, "old")
             target.rename(old)
             _rename_into_place(tmp, target, what)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            _rename_into_place(tmp, target, what)
+            _rename_into_place(tmp, target, what)  # (a complete folder there refuses it)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _rename_into_place(tmp: Path, target: Path, what: str) -> None:
+    """Rename ``tmp`` to ``target``; a folder with files at ``target`` is FileExistsError on every OS."""
     try:
         tmp.rename(target)
     except OSError as error:

@@ -125,13 +125,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     log.info("World size %d (this process: rank %d)", trainer.world_size, trainer.global_rank)
     run_dir = Path(cfg.paths.output_dir)
-    metrics = read_metrics_file(run_dir, FIT_METRICS_FILE) if resuming else {}
+    earlier_fit = resuming and (run_dir / FIT_METRICS_FILE).is_file()  # a start that finished its fit
+    metrics = read_metrics_file(run_dir, FIT_METRICS_FILE) if earlier_fit else {}
+    best = ""
     if cfg.get("train"):
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics.update(scalar_metrics(trainer.callback_metrics))
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if cfg.get("train") and trainer.is_global_zero:
-        write_metrics_file(run_dir, metrics, best or None, name=FIT_METRICS_FILE)
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if trainer.is_global_zero:
+            write_metrics_file(run_dir, metrics, best or None, name=FIT_METRICS_FILE)
 
     if cfg.get("test"):
         if not best and cfg.get("train"):

@@ -186,10 +186,14 @@ def _close_run_log_handlers() -> None:
             root.removeHandler(handler)
 
 
+# what the processes that fer starts for a test (jobs, ranks, workers) or a test starts itself get: no
+# warnings, and one thread under pytest-xdist
+CHILD_ENV = {**ONE_THREAD, "PYTHONWARNINGS": "ignore"}
+
+
 def process_env(outputs: Path, **extra: str) -> dict[str, str]:
-    """The environment of a fer process a test starts: its outputs under ``outputs``, no warnings, and one
-    thread under pytest-xdist."""
-    return {**os.environ, **ONE_THREAD, "FER_OUTPUT_DIR": str(outputs), "PYTHONWARNINGS": "ignore", **extra}
+    """The environment of a fer process a test starts: :data:`CHILD_ENV`, its outputs under ``outputs``."""
+    return {**os.environ, **CHILD_ENV, "FER_OUTPUT_DIR": str(outputs), **extra}
 
 
 def run_fer(module: str, *args: str, outputs: Path, timeout: int = 600, env: dict | None = None):

@@ -309,16 +309,7 @@ def run(session: Session, command: Command) -> str | None:
             train_overrides(rest) if module == "fer.train" else [*rest, "+trainer.enable_progress_bar=false"]
         )
     if module == "fer.bench":
-        rest = [
-            "--rows",
-            "fer/pack",
-            "--images",
-            "64",
-            "--seconds",
-            "1",
-            "--data",
-            str(session.data / "MMAFEDB"),
-        ]
+        rest = ["--rows", "fer/pack", "--images", "64", "--seconds", "1", "--data", f"{session.data}/MMAFEDB"]
     if "hydra/launcher=slurm" in rest:
         return slurm_composition(session, rest)
     if "--camera" in rest:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ONE_THREAD, check, fer_main, process_env, tiny_args
+from conftest import CHILD_ENV, check, fer_main, process_env, tiny_args
 
 pytestmark = [
     pytest.mark.slurm,
@@ -60,10 +60,7 @@ def finish(process: subprocess.Popen) -> str:
 def run_sweep(outputs: Path, *args: str) -> str:
     """``python -m fer.train -m args`` through its real main in this process (its SLURM jobs with one CPU
     thread each, as the processes that the tests start): what it printed."""
-    result = check(
-        fer_main("fer.train", "-m", *args, outputs=outputs, env={**ONE_THREAD, "PYTHONWARNINGS": "ignore"})
-    )
-    return result.output
+    return check(fer_main("fer.train", "-m", *args, outputs=outputs, env=CHILD_ENV)).output
 
 
 def sweep_folder(outputs: Path) -> Path:

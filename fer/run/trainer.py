@@ -194,11 +194,8 @@ def write_metrics_file(
 
 
 def read_metrics_file(run_dir: Path, name: str = METRICS_FILE) -> dict[str, float]:
-    """The metrics a run wrote (``name=FIT_METRICS_FILE``: its fit's, empty if no start finished a fit)."""
-    path = run_dir / name
-    if name == FIT_METRICS_FILE and not path.is_file():
-        return {}
-    return json.loads(path.read_text())["metrics"]
+    """The metrics a run wrote (``name=FIT_METRICS_FILE``: those its fit ended with)."""
+    return json.loads((run_dir / name).read_text())["metrics"]
 
 
 @rank_zero_only
