@@ -16,7 +16,7 @@ from lightning import LightningModule
 from lightning.pytorch.trainer.states import TrainerFn
 from PIL import Image
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -412,8 +412,19 @@ class FERModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.restored_schedule_length = (checkpoint.get("fer") or {}).get("schedule_length")
         self.train_metrics_epoch = int(checkpoint.get("epoch", -1))
+        if self.global_rank > 0:  # the saved train sums are every rank's: rank 0 goes on with them
+            for name, metric in self._train_sums():
+                metric.reset()
+                checkpoint["state_dict"].update(metric.state_dict(prefix=f"{name}."))
+
+    def _train_sums(self) -> tuple[tuple[str, Metric], ...]:
+        return ("train_loss", self.train_loss), ("train_acc", self.train_acc)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # each DDP rank counts its own share of the epoch; the checkpoint (written by rank 0) holds them all
+        for name, metric in self._train_sums():
+            with metric.sync_context():
+                checkpoint["state_dict"].update(metric.state_dict(prefix=f"{name}."))
         # The weights are in the state dict: loading must never try to download or read them again.
         hparams = dict(checkpoint.get("hyper_parameters", {}))
         checkpoint["fer"] = {
